@@ -1,0 +1,109 @@
+"""High-tech catalogue matching: which catalogue row, if any, raises a case's coefficient.
+
+seed 000 三(三) and 附件; RULES.md 3 step 2; POLICY.md "Gaps and how we resolve them".
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Iterable
+
+from ledger.events import CatalogueRow, Grade, HighTechCatalogueBody
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+_CHAPTER = re.compile(r"^(\d)(?=\.)")
+
+
+def normalise_code(code: str) -> str:
+    """A procedure code as compared: trimmed, upper-cased, one-digit chapter zero-padded.
+
+    RULES.md 3 step 2: `04.0200x005` = `04.0200X005` (seed 000 prints both) and
+    `6.9501` = `06.9501` (catalogue row 37, a spreadsheet's dropped zero).
+    """
+    return _CHAPTER.sub(r"0\1", code.strip().upper())
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueMatch:
+    """The catalogue row a case matched and the coefficient it gives the hospital's grade."""
+
+    row: CatalogueRow
+    coefficient: Decimal
+    matched_code: str
+    combined_code: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _IndexedRow:
+    row: CatalogueRow
+    codes: frozenset[str]
+    combined: frozenset[str]
+
+
+class Catalogue:
+    """A catalogue body indexed by DRG code, for fast matching of many cases."""
+
+    def __init__(self, body: HighTechCatalogueBody) -> None:
+        self.body = body
+        self._by_drg: dict[str, list[_IndexedRow]] = {}
+        for row in body.rows:
+            indexed = _IndexedRow(
+                row,
+                frozenset(normalise_code(c) for c in row.procedure_codes),
+                frozenset(normalise_code(c) for c in row.combined_with_codes),
+            )
+            self._by_drg.setdefault(row.drg_code.strip().upper(), []).append(indexed)
+
+    def match(self, drg_code: str, procedure_codes: Iterable[str], grade: Grade) -> CatalogueMatch | None:
+        """The first row (catalogue order) that the case matches, for a 3A or 3B hospital.
+
+        seed 000 二/三: the catalogue supports tertiary hospitals; its coefficients are given
+        for 三甲 and 三乙 only, so other grades never match. A row with `combined_with_codes`
+        needs one code of each list (rows 48, 51).
+        """
+        if grade not in (Grade.G3A, Grade.G3B):
+            return None
+        rows = self._by_drg.get(drg_code.strip().upper())
+        if not rows:
+            return None
+        codes = {normalise_code(c) for c in procedure_codes}
+        for indexed in rows:
+            hit = codes & indexed.codes
+            if not hit:
+                continue
+            combined: str | None = None
+            if indexed.combined:
+                both = codes & indexed.combined
+                if not both:
+                    continue
+                combined = min(both)
+            coefficient = indexed.row.coef_3a if grade is Grade.G3A else indexed.row.coef_3b
+            return CatalogueMatch(indexed.row, coefficient, min(hit), combined)
+        return None
+
+
+def catalogue_from_csv(path: Path, source: str) -> HighTechCatalogueBody:
+    """Build a `high_tech_catalogue` body from the catalogue CSV (one row per technology x DRG group).
+
+    Lists in the CSV are `;`-separated; codes are kept as printed (matching normalises them).
+    """
+    rows: list[CatalogueRow] = []
+    with path.open(encoding="utf-8", newline="") as fh:
+        for rec in csv.DictReader(fh):
+            rows.append(
+                CatalogueRow(
+                    seq=int(rec["seq"]),
+                    technology=rec["technology_zh"],
+                    drg_code=rec["drg_code"],
+                    procedure_codes=[c for c in rec["procedure_codes"].split(";") if c.strip()],
+                    combined_with_codes=[c for c in rec["combined_with_codes"].split(";") if c.strip()],
+                    coef_3a=Decimal(rec["coef_grade_3a"]),
+                    coef_3b=Decimal(rec["coef_grade_3b"]),
+                )
+            )
+    return HighTechCatalogueBody(source=source, rows=rows)

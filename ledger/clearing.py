@@ -1,0 +1,344 @@
+"""Year-end clearing of a pool and year, and a hospital's balance at a date (RULES.md 5, 6).
+
+`settle(events, pool, year, known_at)` folds the events recorded by `known_at` into every
+case's points after verdicts; `clearing()` and `balance()` turn that into money. Pure: the
+events are an argument, a superset is fine.
+"""
+
+from __future__ import annotations
+
+import calendar
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
+from typing import Any, Iterable
+
+from ledger.cases import CaseState, case_states, known, registry
+from ledger.events import (
+    BudgetSet,
+    ClearingCompleted,
+    ClearingResult,
+    HospitalRegistered,
+    Outcome,
+    PrepaymentMade,
+)
+from ledger.penalties import Penalty, deduction
+from ledger.points import Approval, CasePoints, case_points
+from ledger.policy import PolicyBook
+
+POINT_VALUE = Decimal("0.000001")
+"""The point value to 6 places, ROUND_HALF_UP (RULES.md preamble)."""
+MONEY = Decimal("0.01")
+"""Money to 2 places when reported, ROUND_HALF_UP (RULES.md preamble)."""
+ZERO = Decimal(0)
+
+
+class ClearingError(ValueError):
+    """A clearing cannot be computed: no budget, no points, or an unknown hospital."""
+
+
+def money(x: Decimal) -> Decimal:
+    return x.quantize(MONEY, rounding=ROUND_HALF_UP)
+
+
+@dataclass(slots=True)
+class SettledCase:
+    """One case's points after its verdict (RULES.md 3, 4)."""
+
+    state: CaseState
+    hospital_id: str
+    priced: CasePoints
+    penalty: Penalty | None
+    settled: Decimal
+    deducted: Decimal
+    incentive_over_cap: bool = False
+
+    @property
+    def discharge_date(self) -> date:
+        return self.state.case.discharge_date
+
+
+@dataclass(slots=True)
+class PoolYear:
+    """Every case of a pool's year as known at `known_at`, settled."""
+
+    pool: str
+    year: int
+    known_at: datetime
+    book: PolicyBook
+    hospitals: dict[str, HospitalRegistered]
+    cases: dict[str, SettledCase]
+    withdrawn: dict[str, CaseState]
+    budget: Any | None  # the BudgetSet envelope in force
+    prepayments: list[PrepaymentMade]
+    clearings: list[Any]  # ClearingCompleted envelopes of the year, by recorded_at
+    incentive_caps: dict[str, int] = field(default_factory=dict)
+
+
+def settle(events: Iterable[Any], pool: str, year: int, known_at: datetime) -> PoolYear:
+    """Points of every case of `pool` discharged in `year`, as known at `known_at`.
+
+    RULES.md 3 (points), 4 (verdicts and penalties), and the incentive cap of seed 001 二(二):
+    approvals beyond floor(cases x per mille / 1000), in order of recorded_at, are paid as
+    ordinary cases.
+    """
+    seen = known(events, known_at)
+    hospitals = {h: r for h, r in registry(seen).items() if r.pool == pool}
+    book = PolicyBook.from_events(pool, seen, known_at)
+    states = {
+        cid: s
+        for cid, s in case_states(seen).items()
+        if s.case.hospital_id in hospitals and s.case.discharge_date.year == year
+    }
+    live = {cid: s for cid, s in states.items() if not s.withdrawn}
+    withdrawn = {cid: s for cid, s in states.items() if s.withdrawn}
+
+    per_hospital: dict[str, int] = {}
+    for s in live.values():
+        per_hospital[s.case.hospital_id] = per_hospital.get(s.case.hospital_id, 0) + 1
+    caps = _incentive_caps(live, hospitals, book, per_hospital)
+    used: dict[str, int] = {}
+    approved_in_order = sorted(
+        (s for s in live.values() if s.verdict is not None and s.verdict.payload.outcome is Outcome.INCENTIVE_APPROVED),
+        key=lambda s: (s.verdict.recorded_at, s.verdict.event_id),
+    )
+    over_cap: set[str] = set()
+    for s in approved_in_order:
+        hid = s.case.hospital_id
+        cap = caps.get(s.case_id)
+        if cap is None or used.get(hid, 0) >= cap:
+            over_cap.add(s.case_id)
+        else:
+            used[hid] = used.get(hid, 0) + 1
+
+    settled: dict[str, SettledCase] = {}
+    for cid, s in live.items():
+        settled[cid] = _settle_case(s, hospitals[s.case.hospital_id], book, cid in over_cap)
+
+    budget = None
+    prepayments: list[PrepaymentMade] = []
+    clearings: list[Any] = []
+    for e in seen:
+        p = e.payload
+        if isinstance(p, BudgetSet) and p.pool == pool and p.year == year:
+            if budget is None or (e.recorded_at, e.event_id) > (budget.recorded_at, budget.event_id):
+                budget = e
+        elif isinstance(p, PrepaymentMade) and p.pool == pool and p.paid_on.year == year:
+            prepayments.append(p)
+        elif isinstance(p, ClearingCompleted) and p.pool == pool and p.year == year:
+            clearings.append(e)
+    clearings.sort(key=lambda e: (e.recorded_at, e.event_id))
+    hospital_caps = {live[cid].case.hospital_id: cap for cid, cap in caps.items()}
+    return PoolYear(pool, year, known_at, book, hospitals, settled, withdrawn, budget, prepayments, clearings, hospital_caps)
+
+
+def _incentive_caps(
+    live: dict[str, CaseState], hospitals: dict[str, HospitalRegistered], book: PolicyBook, per_hospital: dict[str, int]
+) -> dict[str, int]:
+    """Per incentive-approved case: its hospital's yearly cap, or absent when the rule is not in force.
+
+    seed 001 二(二): at most 6‰ (level 3) / 4‰ (levels 2, 1) of the hospital's DRG cases;
+    rounded down (RULES.md 3). A null cap means the rule is not in force (EVENTS.md).
+    """
+    caps: dict[str, int] = {}
+    for cid, s in live.items():
+        if s.verdict is None or s.verdict.payload.outcome is not Outcome.INCENTIVE_APPROVED:
+            continue
+        hospital = hospitals[s.case.hospital_id]
+        per_mille_table = book.case_rules(s.case.discharge_date).value.incentive_cap_per_mille
+        if per_mille_table is None:
+            continue
+        per_mille = per_mille_table.get(hospital.grade.level)  # type: ignore[call-overload]
+        if per_mille is None:
+            continue
+        n = per_hospital[s.case.hospital_id]
+        caps[cid] = int((Decimal(n) * per_mille / 1000).to_integral_value(rounding=ROUND_FLOOR))
+    return caps
+
+
+def _settle_case(state: CaseState, hospital: HospitalRegistered, book: PolicyBook, over_cap: bool) -> SettledCase:
+    verdict = state.verdict.payload if state.verdict is not None else None
+    approval: Approval | None = None
+    if verdict is not None and verdict.outcome is Outcome.SPECIAL_REVIEW_APPROVED:
+        approval = Approval.SPECIAL_REVIEW
+    elif verdict is not None and verdict.outcome is Outcome.INCENTIVE_APPROVED and not over_cap:
+        approval = Approval.INCENTIVE
+    unreasonable = verdict.unreasonable_cost if approval is not None and verdict is not None else None
+    priced = case_points(state.case, hospital.hospital_id, hospital.grade, book, approval, unreasonable)
+    penalty = None
+    settled, deducted = priced.points, ZERO
+    if verdict is not None and verdict.outcome is Outcome.VIOLATION:
+        rules = book.penalty_rules(state.case.discharge_date).value
+        penalty = deduction(priced.points, verdict, rules)
+        settled, deducted = penalty.settled, penalty.deducted
+    return SettledCase(state, hospital.hospital_id, priced, penalty, settled, deducted, over_cap)
+
+
+# --------------------------------------------------------------------------- money
+
+
+@dataclass(frozen=True, slots=True)
+class HospitalLine:
+    """A hospital's figures (RULES.md 5), as `clear` and `balance` print them."""
+
+    hospital_id: str
+    settled_points: Decimal
+    deducted_points: Decimal
+    net_points: Decimal
+    personal_paid: Decimal
+    fund_due: Decimal
+    prepaid: Decimal
+    clearing_amount: Decimal
+    cases: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"hospital_id": self.hospital_id}
+        for name in ("settled_points", "deducted_points", "net_points", "personal_paid", "fund_due", "prepaid", "clearing_amount"):
+            out[name] = str(getattr(self, name))
+        return out
+
+    def as_result(self) -> ClearingResult:
+        return ClearingResult(**{k: v for k, v in self.as_json().items()})
+
+
+@dataclass(frozen=True, slots=True)
+class Clearing:
+    """A year-end clearing of a pool (RULES.md 5)."""
+
+    pool: str
+    year: int
+    known_at: datetime
+    point_value: Decimal
+    total_points: Decimal
+    budget: Decimal
+    personal_paid_inside: bool
+    hospitals: list[HospitalLine]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "pool": self.pool,
+            "year": self.year,
+            "known_at": self.known_at.isoformat(),
+            "point_value": str(self.point_value),
+            "total_points": str(self.total_points),
+            "budget": str(self.budget),
+            "hospitals": [h.as_json() for h in self.hospitals],
+        }
+
+    def completed(self) -> ClearingCompleted:
+        """The `ClearingCompleted` payload that records this run (RULES.md 6)."""
+        return ClearingCompleted(
+            pool=self.pool,
+            year=self.year,
+            known_at=self.known_at,
+            point_value=self.point_value,
+            total_points=self.total_points,
+            budget=self.budget,
+            results=[h.as_result() for h in self.hospitals],
+        )
+
+
+def point_value(budget: Decimal, total_points: Decimal, personal_paid: Decimal, inside: bool) -> Decimal:
+    """PV = (B + sum personal_paid) / TP when personal payments are inside, else B / TP.
+
+    RULES.md 5; seed 004: the DRG standard covers fund and personal payments together.
+    """
+    if total_points <= 0:
+        raise ClearingError(f"total points are {total_points}: no point value can be computed")
+    numerator = budget + personal_paid if inside else budget
+    return (numerator / total_points).quantize(POINT_VALUE, rounding=ROUND_HALF_UP)
+
+
+def _lines(
+    py: PoolYear, until: date | None, pv: Decimal, inside: bool, only: str | None = None
+) -> list[HospitalLine]:
+    sums: dict[str, list[Decimal]] = {h: [ZERO, ZERO, ZERO, ZERO] for h in py.hospitals}
+    counts: dict[str, int] = {h: 0 for h in py.hospitals}
+    for c in py.cases.values():
+        if until is not None and c.discharge_date > until:
+            continue
+        s = sums[c.hospital_id]
+        s[0] += c.settled
+        s[1] += c.deducted
+        s[2] += c.state.case.personal_paid
+        counts[c.hospital_id] += 1
+    for p in py.prepayments:
+        if p.hospital_id in sums and (until is None or p.paid_on <= until):
+            sums[p.hospital_id][3] += p.amount
+    lines = []
+    for hid in sorted(sums):
+        if only is not None and hid != only:
+            continue
+        settled, deducted, personal, prepaid = sums[hid]
+        net = settled - deducted
+        fund_due = money(net * pv - personal) if inside else money(net * pv)
+        lines.append(
+            HospitalLine(hid, settled, deducted, net, money(personal), fund_due, money(prepaid), fund_due - money(prepaid), counts[hid])
+        )
+    return lines
+
+
+def clearing(py: PoolYear) -> Clearing:
+    """Year-end clearing (RULES.md 5): point value, then each hospital's fund due and clearing amount.
+
+    `clearing_rules` is the version in force on 31 December of the year.
+    """
+    if py.budget is None:
+        raise ClearingError(f"no BudgetSet for pool {py.pool} year {py.year} recorded by {py.known_at.isoformat()}")
+    inside = py.book.clearing_rules(date(py.year, 12, 31)).value.personal_paid_in_point_value
+    base = _lines(py, None, Decimal(1), inside)
+    total = sum((h.net_points for h in base), ZERO)
+    personal = sum((c.state.case.personal_paid for c in py.cases.values()), ZERO)
+    pv = point_value(py.budget.payload.amount, total, personal, inside)
+    return Clearing(py.pool, py.year, py.known_at, pv, total, py.budget.payload.amount, inside, _lines(py, None, pv, inside))
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """A hospital's balance at a date (RULES.md 6)."""
+
+    hospital_id: str
+    pool: str
+    as_of: date
+    known_at: datetime
+    point_value: Decimal
+    point_value_kind: str  # "final" or "provisional"
+    line: HospitalLine
+    budget_in_window: Decimal | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "hospital_id": self.hospital_id,
+            "pool": self.pool,
+            "as_of": self.as_of.isoformat(),
+            "known_at": self.known_at.isoformat(),
+            "point_value": str(self.point_value),
+            "point_value_kind": self.point_value_kind,
+            **{k: v for k, v in self.line.as_json().items() if k != "hospital_id"},
+        }
+
+
+def balance(py: PoolYear, hospital_id: str, as_of: date) -> Balance:
+    """RULES.md 6: the hospital's figures for cases discharged 1 Jan..as_of and prepayments paid by then.
+
+    Point value: the latest ClearingCompleted of the year known at `known_at` (final), else
+    the provisional value of the window with the budget pro-rated by days (月度预结算).
+    """
+    if hospital_id not in py.hospitals:
+        raise ClearingError(f"hospital {hospital_id} is not registered in pool {py.pool} as known at {py.known_at.isoformat()}")
+    assert as_of.year == py.year
+    inside = py.book.clearing_rules(as_of).value.personal_paid_in_point_value
+    if py.clearings:
+        pv, kind, window_budget = py.clearings[-1].payload.point_value, "final", None
+    else:
+        if py.budget is None:
+            raise ClearingError(f"no BudgetSet for pool {py.pool} year {py.year} recorded by {py.known_at.isoformat()}")
+        days = (as_of - date(py.year, 1, 1)).days + 1
+        days_in_year = 366 if calendar.isleap(py.year) else 365
+        window_budget = money(py.budget.payload.amount * days / days_in_year)
+        window = _lines(py, as_of, Decimal(1), inside)
+        total = sum((h.net_points for h in window), ZERO)
+        personal = sum((c.state.case.personal_paid for c in py.cases.values() if c.discharge_date <= as_of), ZERO)
+        pv, kind = point_value(window_budget, total, personal, inside), "provisional"
+    (line,) = _lines(py, as_of, pv, inside, only=hospital_id)
+    return Balance(hospital_id, py.pool, as_of, py.known_at, pv, kind, line, window_budget)

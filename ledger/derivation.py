@@ -1,0 +1,88 @@
+"""`PenaltyImposed` events the ledger derives from violation verdicts (RULES.md 4).
+
+Each violation verdict yields one penalty, id `penalty:<verdict event_id>`, source `system`,
+computed with what the ledger knew when both the verdict and its case were known: at the
+verdict's `recorded_at`, or at the case's first `recorded_at` when the verdict came first
+(EVENTS.md "Order of arrival": it takes effect once the case is known). The penalty is the
+audit record of that moment; clearing and balances recompute penalties from the verdict as
+known at their own `known_at` (README, "Readings"), so a later revision or back-dated policy
+is reflected there without rewriting history here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Iterable
+
+from ledger.cases import known, registry
+from ledger.events import (
+    ENVELOPES,
+    CaseSubmitted,
+    Outcome,
+    PenaltyImposed,
+    ReviewVerdictRecorded,
+)
+from ledger.penalties import deduction
+from ledger.points import case_points
+from ledger.policy import PolicyBook, PolicyMissing
+
+
+def penalty_event_id(verdict_event_id: str) -> str:
+    return f"penalty:{verdict_event_id}"
+
+
+def penalty_events(events: Iterable[Any]) -> list[Any]:
+    """The PenaltyImposed envelopes due for the violation verdicts among `events`.
+
+    `events` must hold each verdict's case submissions, the hospital's registration and the
+    pool's policy events. Verdicts whose case is unknown, or whose policy has a gap, yield
+    nothing yet (they will when the missing events arrive).
+    """
+    events = list(events)
+    submissions: dict[str, list[Any]] = {}
+    for e in events:
+        if isinstance(e.payload, CaseSubmitted):
+            submissions.setdefault(e.payload.case_id, []).append(e)
+    out = []
+    for v in events:
+        verdict = v.payload
+        if not isinstance(verdict, ReviewVerdictRecorded) or verdict.outcome is not Outcome.VIOLATION:
+            continue
+        subs = submissions.get(verdict.case_id)
+        if not subs:
+            continue
+        at: datetime = max(v.recorded_at, min(s.recorded_at for s in subs))
+        then = known(events, at)
+        current = max(
+            (s for s in subs if s.recorded_at <= at), key=lambda s: (s.payload.revision, s.recorded_at, s.event_id)
+        )
+        case: CaseSubmitted = current.payload
+        hospital = registry(then).get(case.hospital_id)
+        if hospital is None:
+            continue
+        book = PolicyBook.from_events(hospital.pool, then, at)
+        try:
+            priced = case_points(case, hospital.hospital_id, hospital.grade, book)
+            penalty = deduction(priced.points, verdict, book.penalty_rules(case.discharge_date).value)
+        except PolicyMissing:
+            continue
+        payload = PenaltyImposed(
+            case_id=case.case_id,
+            hospital_id=case.hospital_id,
+            verdict_event_id=v.event_id,
+            violation_type=verdict.violation_type,  # type: ignore[arg-type]
+            violating_points=penalty.violating_points,
+            multiplier=penalty.multiplier,
+            deducted_points=penalty.deducted,
+            clause=penalty.clause,
+        )
+        out.append(
+            ENVELOPES["PenaltyImposed"](
+                event_id=penalty_event_id(v.event_id),
+                event_type="PenaltyImposed",
+                recorded_at=at,
+                source="system",
+                payload=payload,
+            )
+        )
+    return out

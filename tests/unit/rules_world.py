@@ -8,7 +8,7 @@ its own 1.05. Thresholds: H = 3 / 2 / 1.5 by BP <= 100 / <= 300 / above; L = 0.4
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from itertools import count
 from typing import Any
 
@@ -103,7 +103,8 @@ def hospitals() -> list[Any]:
 def case(case_id: str, hid: str, drg: str, cost: str, *, revision: int = 1, discharge: str = "2020-06-15",
          procedures: list[str] | None = None, personal: str = "0", recorded_at: str = "2020-06-20T10:00:00+08:00",
          **extra: Any) -> Any:
-    payload = {"case_id": case_id, "hospital_id": hid, "revision": revision, "admission_date": "2020-06-01",
+    admitted = (date.fromisoformat(discharge) - timedelta(days=5)).isoformat()
+    payload = {"case_id": case_id, "hospital_id": hid, "revision": revision, "admission_date": admitted,
                "discharge_date": discharge, "drg_code": drg, "total_cost": cost, "personal_paid": personal,
                "procedure_codes": procedures or [], **extra}
     return ev("CaseSubmitted", payload, recorded_at=recorded_at, source=f"his:{hid}",

@@ -36,6 +36,8 @@ class CatalogueMatch:
     coefficient: Decimal
     matched_code: str
     combined_code: str | None
+    rows: tuple[int | None, ...] = ()
+    """Every row the case matches: several technologies share a group and code (rows 17-19, 21-24)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,7 @@ class Catalogue:
         if not rows:
             return None
         codes = {normalise_code(c) for c in procedure_codes}
+        found: list[tuple[_IndexedRow, str, str | None]] = []
         for indexed in rows:
             hit = codes & indexed.codes
             if not hit:
@@ -82,9 +85,14 @@ class Catalogue:
                 if not both:
                     continue
                 combined = min(both)
-            coefficient = indexed.row.coef_3a if grade is Grade.G3A else indexed.row.coef_3b
-            return CatalogueMatch(indexed.row, coefficient, min(hit), combined)
-        return None
+            found.append((indexed, min(hit), combined))
+        if not found:
+            return None
+        # seed 000 三(三) 同病组、同级别、同等调整系数: rows sharing a group give one coefficient;
+        # the first row (catalogue order) is cited, and every matching row is listed.
+        first, code, combined = found[0]
+        coefficient = first.row.coef_3a if grade is Grade.G3A else first.row.coef_3b
+        return CatalogueMatch(first.row, coefficient, code, combined, tuple(f[0].row.seq for f in found))
 
 
 def catalogue_from_csv(path: Path, source: str) -> HighTechCatalogueBody:

@@ -81,6 +81,7 @@ def coefficient_for(case: CaseSubmitted, hospital_id: str, grade: Grade, book: P
         if hit is not None:
             cite = catalogue.cite() | {
                 "row": hit.row.seq,
+                "rows_matched": list(hit.rows),
                 "technology": hit.row.technology,
                 "matched_code": hit.matched_code,
                 "combined_code": hit.combined_code,

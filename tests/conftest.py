@@ -1,0 +1,62 @@
+"""Shared fixtures: `database_url` runs a test on SQLite and on PostgreSQL.
+
+PostgreSQL: `$DRG_LEDGER_TEST_POSTGRES_URL` (default `postgresql://postgres@127.0.0.1:5432/test`).
+Each test gets its own fresh schema (unique name, selected through the URL's libpq
+`options=-csearch_path=...`), dropped afterwards, so no table outlives its test and tests
+running in parallel never see each other's rows. An unreachable server skips the
+PostgreSQL runs, except under CI (`$CI` set), where it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg
+import pytest
+from psycopg import sql
+
+POSTGRES_URL_ENV = "DRG_LEDGER_TEST_POSTGRES_URL"
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def postgres_url() -> str:
+    return os.environ.get(POSTGRES_URL_ENV) or DEFAULT_POSTGRES_URL
+
+
+def _libpq(url: str) -> str:
+    """The URL as libpq reads it (no SQLAlchemy driver suffix)."""
+    scheme, rest = url.split("://", 1)
+    return "postgresql://" + rest if scheme.startswith("postgres") else url
+
+
+def _with_schema(url: str, schema: str) -> str:
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options={quote(f'-csearch_path={schema}', safe='')}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database URL for an empty ledger: a SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+        return
+    base = postgres_url()
+    try:
+        admin = psycopg.connect(_libpq(base), autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {base} is unreachable under CI: {exc}")
+        pytest.skip(f"PostgreSQL at {base} is unreachable: {exc}")
+    schema = f"drg_test_{uuid.uuid4().hex[:16]}"
+    with admin:
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        yield _with_schema(base, schema)
+    finally:
+        with psycopg.connect(_libpq(base), autocommit=True, connect_timeout=3) as admin:
+            admin.execute("SET lock_timeout = '10s'")
+            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))

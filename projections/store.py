@@ -59,6 +59,7 @@ from ledger.events import (
     parse_event,
     stamped,
 )
+from ledger.derivation import penalty_events
 from ledger.journal import Journal, LedgerEntry
 
 T = TypeVar("T")
@@ -361,7 +362,7 @@ class LedgerStore:
     ) -> None:
         self.sync_index()  # the duplicate lookup and the hospital check read the index
         stored = self._stored_hashes(ev.event_id for _, _, ev in parsed)
-        registered = set(self._pools)
+        registered = dict(self._pools)
         seen: dict[str, _Entry] = {}
         accepted: list[_Entry] = []
         for line, raw, ev in parsed:
@@ -381,11 +382,14 @@ class LedgerStore:
             if ev.event_type in NEEDS_REGISTERED_HOSPITAL and ev.payload.hospital_id not in registered:
                 refused.append((line, raw, _unknown_hospital(ev)))
                 continue
+            if ev.event_type == "HospitalRegistered" and registered.get(ev.payload.hospital_id, ev.payload.pool) != ev.payload.pool:
+                refused.append((line, raw, _pool_move(ev, registered[ev.payload.hospital_id])))
+                continue
             entry = _entry(ev, body, h, stamp, line=line, raw=raw)
             seen[ev.event_id] = entry
             accepted.append(entry)
             if ev.event_type == "HospitalRegistered":
-                registered.add(ev.payload.hospital_id)
+                registered[ev.payload.hospital_id] = ev.payload.pool
         # Dead letters first: a crash after them and before the journal write loses nothing.
         self._dead_letter(refused, origin, stamp, report)
         done, conflicts = self._append(accepted)
@@ -405,8 +409,34 @@ class LedgerStore:
             self.after_append([e.event for e in done])
 
     def after_append(self, new_events: list[Envelope]) -> None:
-        """Called after each ingested batch with the events it added. Does nothing here;
-        derived events (e.g. PenaltyImposed, RULES.md 4) go in via `append_system_events`."""
+        """Called after each ingested batch with the events it added: derives penalties."""
+        self.derive_penalties(new_events)
+
+    def derive_penalties(self, new_events: Iterable[Envelope] | None = None) -> int:
+        """Appends the `PenaltyImposed` due for violation verdicts (RULES.md 4; ledger/derivation.py).
+
+        Looks at the cases `new_events` name (every case when None, the catch-up after a
+        crash between a journal write and this step); idempotent: ids already recorded are
+        skipped. Returns how many penalties were new.
+        """
+        t = index_table
+        verdicts = select(t.c.case_id).where(t.c.event_type == "ReviewVerdictRecorded")
+        if new_events is not None:
+            named = {e.payload.case_id for e in new_events if e.event_type in ("CaseSubmitted", "ReviewVerdictRecorded")}
+            if not named:
+                return 0
+            case_ids: set[str] = set()
+            with self._engine.connect() as conn:
+                ordered = sorted(named)
+                for i in range(0, len(ordered), _IN_CHUNK):
+                    chunk = ordered[i : i + _IN_CHUNK]
+                    case_ids.update(conn.execute(verdicts.where(t.c.case_id.in_(chunk)).distinct()).scalars())
+        else:
+            with self._engine.connect() as conn:
+                case_ids = set(conn.execute(verdicts.distinct()).scalars())
+        if not case_ids:
+            return 0
+        return self.append_system_events(penalty_events(self.load(case_ids=case_ids)))
 
     def append_system_events(self, events: Sequence[Envelope], *, now: datetime | None = None) -> int:
         """Appends ledger-written events (source `system`); an id already recorded is skipped.
@@ -822,6 +852,15 @@ def _index_row(seq: int, ev: Envelope, body: str, submitted_hash: str, pools: di
 
 def _other_content(event_id: str) -> InvalidEvent:
     return InvalidEvent("event_id", f"event_id {event_id!r} already recorded with other content", event_id)
+
+
+def _pool_move(ev: Envelope, pool: str) -> InvalidEvent:
+    """RULES.md 1: pools never mix; a hospital id belongs to the pool it first registered in."""
+    return InvalidEvent(
+        "payload.pool",
+        f"hospital {ev.payload.hospital_id!r} is registered in pool {pool!r}; pools never mix",
+        ev.event_id,
+    )
 
 
 def _unknown_hospital(ev: Envelope) -> InvalidEvent:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -38,11 +39,11 @@ def _with_schema(url: str, schema: str) -> str:
     return f"{url}{sep}options={quote(f'-csearch_path={schema}', safe='')}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database URL for an empty ledger: a SQLite file, or a fresh PostgreSQL schema."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+@contextmanager
+def fresh_database(kind: str, directory: Path) -> Iterator[str]:
+    """An empty ledger's URL: a SQLite file in `directory`, or a new PostgreSQL schema dropped after."""
+    if kind == "sqlite":
+        yield f"sqlite:///{directory / f'ledger-{uuid.uuid4().hex[:8]}.db'}"
         return
     base = postgres_url()
     try:
@@ -60,3 +61,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         with psycopg.connect(_libpq(base), autocommit=True, connect_timeout=3) as admin:
             admin.execute("SET lock_timeout = '10s'")
             admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_kind(request: pytest.FixtureRequest) -> str:
+    """Which back-end a test runs on; every store test runs on both."""
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(database_kind: str, tmp_path: Path) -> Iterator[str]:
+    """A database URL for an empty ledger: a SQLite file, or a fresh PostgreSQL schema."""
+    with fresh_database(database_kind, tmp_path) as url:
+        yield url

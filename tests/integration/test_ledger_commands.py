@@ -179,3 +179,22 @@ def test_arrival_order_and_redelivery_through_the_store_do_not_change_the_cleari
             run(url, "ingest", str(path))
         got = data(run(url, "clear", "--pool", "panzhihua", "--year", "2020", "--known-at", AFTER))
     assert (got["total_points"], got["point_value"]) == ("336.1950", "306.369815")
+
+
+def test_a_100000_event_file_ingests_exactly_and_a_second_time_is_all_duplicates(
+    database_url: str, tmp_path: Path
+) -> None:
+    """issue 2 "Done when": 100,000 events, reported exactly; the second ingest changes no figure."""
+    from drg_ledger.generate import generate
+
+    full = tmp_path / "full.jsonl"
+    generate(full, cases=95_000, hospitals=60, year=2020, seed=7)
+    with full.open("rb") as src:
+        head = [next(src) for _ in range(100_000)]
+    path = tmp_path / "100k.jsonl"
+    path.write_bytes(b"".join(head))
+    first = data(run(database_url, "ingest", str(path)))
+    assert first["rejected"] == [] and first["accepted"] + first["duplicates"] == 100_000
+    cleared = data(run(database_url, "clear", "--pool", "panzhihua", "--year", "2020", "--known-at", AFTER))
+    assert data(run(database_url, "ingest", str(path))) == {"accepted": 0, "duplicates": 100_000, "rejected": []}
+    assert data(run(database_url, "clear", "--pool", "panzhihua", "--year", "2020", "--known-at", AFTER)) == cleared

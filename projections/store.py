@@ -17,6 +17,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeAlias, TypeVar
@@ -44,6 +45,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     true,
     update,
 )
@@ -254,8 +256,9 @@ class LedgerStore:
         try:
             # Our tables first: on a new SQLite file this also switches it to WAL, which the
             # journal's own connections would otherwise race to do.
-            _creating(self._create_tables)
-            self._journal = _creating(lambda: Journal(env=env))
+            with _schema_lock(self._engine):
+                _creating(self._create_tables)
+                self._journal = _creating(lambda: Journal(env=env))
             self.sync_index()
         except BaseException:
             self.close()
@@ -761,6 +764,22 @@ def _engine(database_url: str) -> Engine:
 
         return engine
     return create_engine(url.set(drivername="postgresql+psycopg"), pool_size=2, max_overflow=2)
+
+
+@contextmanager
+def _schema_lock(engine: Engine) -> Iterator[None]:
+    """On PostgreSQL, one process at a time creates tables: CREATE TABLE IF NOT EXISTS races
+    on the catalogue's unique indexes when several workers start together."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(hashtext('drg-ledger schema'))"))
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(hashtext('drg-ledger schema'))"))
+            conn.commit()
 
 
 def _creating(create: Callable[[], T]) -> T:

@@ -117,15 +117,25 @@ def clear(
     known_at: Optional[str] = KnownAt,
     record: bool = typer.Option(False, "--record", help="Append a ClearingCompleted event."),
     cold: bool = typer.Option(False, "--cold", help="Replay the raw journal instead of the index."),
+    warm: bool = typer.Option(False, "--warm", help="Sum the case_points projection (as known now); "
+                              "refused when stale unless --refresh."),
+    refresh: bool = typer.Option(False, "--refresh", help="With --warm: refresh a stale projection first."),
     database_url: Optional[str] = DatabaseUrl,
     as_json: bool = JsonOut,
 ) -> None:
     """Year-end clearing of a pool and year (RULES.md 5), read-only unless --record."""
     from projections.queries import clear_pool
 
+    if warm and (cold or known_at is not None or record):
+        fail(2, "--warm clears as known now from the projection: it takes no --cold, --known-at or --record")
     with open_store(database_url) as store:
         try:
-            result = clear_pool(store, pool, year, parse_moment(known_at), record=record, cold=cold)
+            if warm:
+                from projections.case_points import warm_clearing
+
+                result = warm_clearing(store, pool, year, refresh_if_stale=refresh)
+            else:
+                result = clear_pool(store, pool, year, parse_moment(known_at), record=record, cold=cold)
         except (ClearingError, PolicyMissing) as exc:
             fail(EXIT_CANNOT_COMPUTE, str(exc))
     if as_json:
@@ -151,6 +161,9 @@ def balance(
     hospital: str = typer.Option(..., "--hospital"),
     as_of: str = typer.Option(..., "--as-of", help="Balance date YYYY-MM-DD."),
     known_at: Optional[str] = KnownAt,
+    warm: bool = typer.Option(False, "--warm", help="Sum the case_points projection (as known now); "
+                              "refused when stale unless --refresh."),
+    refresh: bool = typer.Option(False, "--refresh", help="With --warm: refresh a stale projection first."),
     database_url: Optional[str] = DatabaseUrl,
     as_json: bool = JsonOut,
 ) -> None:
@@ -158,9 +171,16 @@ def balance(
     from projections.queries import NotFound, hospital_balance
 
     day = parse_day(as_of, "--as-of")
+    if warm and known_at is not None:
+        fail(2, "--warm is the balance as known now from the projection: it takes no --known-at")
     with open_store(database_url) as store:
         try:
-            result = hospital_balance(store, hospital, day, parse_moment(known_at))
+            if warm:
+                from projections.case_points import warm_balance
+
+                result = warm_balance(store, hospital, day, refresh_if_stale=refresh)
+            else:
+                result = hospital_balance(store, hospital, day, parse_moment(known_at))
         except NotFound as exc:
             fail(EXIT_NOT_FOUND, str(exc))
         except (ClearingError, PolicyMissing) as exc:
@@ -222,10 +242,11 @@ def dead_letters(
 
 @app.command("rebuild-projections")
 def rebuild_projections(database_url: Optional[str] = DatabaseUrl) -> None:
-    """Drop the index and rebuild it from the journal alone."""
+    """Drop the index and rebuild it from the journal alone; derive any penalty still missing."""
     with open_store(database_url) as store:
         n = store.rebuild_index()
-    console.print(f"index rebuilt from the journal: {n} events")
+        penalties = store.derive_penalties()
+    console.print(f"index rebuilt from the journal: {n} events; {penalties} missing penalties derived")
 
 
 @app.command()
@@ -274,6 +295,175 @@ def policy_file(pool: str = typer.Argument(..., help="panzhihua or xuancheng")) 
     if not path.exists():
         fail(EXIT_NOT_FOUND, f"no shipped policy file for pool {pool}")
     print(path)
+
+
+# --------------------------------------------------------------------------- streaming commands
+
+BootstrapServers = typer.Option("127.0.0.1:9092", "--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS",
+                                help="Kafka bootstrap servers host:port[,host:port].")
+TopicPrefix = typer.Option("drg-ledger", "--topic-prefix", envvar="DRG_LEDGER_TOPIC_PREFIX",
+                           help="Topics <prefix>.events, .dead-letters, .recompute; also the consumer group.")
+
+
+@app.command()
+def publish(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON Lines, one event envelope per line."),
+    bootstrap_servers: str = BootstrapServers,
+    topic: Optional[str] = typer.Option(None, "--topic", help="Default: <topic prefix>.events."),
+    topic_prefix: str = TopicPrefix,
+    send_invalid: bool = typer.Option(False, "--send-invalid",
+                                      help="Send invalid lines too (tests push malformed messages on purpose)."),
+    as_json: bool = JsonOut,
+) -> None:
+    """Validate each line and publish it to Kafka, keyed by hospital (streams/README.md).
+
+    Exit 1 when a delivery failed, or a line was invalid (unless --send-invalid sent it).
+    """
+    from streams.publish import publish as run
+    from streams.topics import TopicNames
+
+    topic = topic or TopicNames(topic_prefix).events
+    with file.open("rb") as fh:
+        total = sum(1 for _ in fh)
+    with progress() as bar, file.open("rb") as fh:
+        task = bar.add_task(f"publish {file.name}", total=total)
+        report = run(fh, bootstrap_servers, topic=topic, send_invalid=send_invalid,
+                     on_progress=lambda n: bar.update(task, completed=n))
+    out = report.as_json()
+    if as_json:
+        emit(out)
+    else:
+        console.print(f"sent [green]{report.sent}[/green] to {topic}, failed [red]{report.failed}[/red], "
+                      f"invalid [red]{len(report.invalid)}[/red]"
+                      + (f" ({report.invalid_sent} sent on purpose)" if report.invalid_sent else "")
+                      + f" in {report.seconds:.1f} s")
+        if report.invalid:
+            table = Table("line", "event_id", "field", "reason", title="invalid lines" + ("" if send_invalid else " (not sent)"))
+            for r in report.invalid[:50]:
+                table.add_row(str(r.line), r.event_id or "", r.field, r.reason)
+            console.print(table)
+            if len(report.invalid) > 50:
+                console.print(f"... and {len(report.invalid) - 50} more (use --json)")
+        for e in report.errors:
+            err.print(f"[red]delivery failed:[/red] {e}")
+    if report.failed or (report.invalid and not send_invalid):
+        raise typer.Exit(EXIT_REJECTED)
+
+
+@app.command()
+def worker(
+    bootstrap_servers: str = BootstrapServers,
+    topic_prefix: str = TopicPrefix,
+    database_url: Optional[str] = DatabaseUrl,
+    store: str = typer.Option("memory://", "--store", help="Faust table store: memory:// or rocksdb://"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Faust data directory (RocksDB tables)."),
+    batch_size: int = typer.Option(4000, "--batch-size", min=1, help="Events per ingest batch (at most)."),
+    partitions: int = typer.Option(4, "--partitions", min=1, envvar="DRG_LEDGER_PARTITIONS",
+                                   help="Partitions of the topics the worker creates when missing."),
+    without_web: bool = typer.Option(True, "--without-web/--with-web", hidden=True,
+                                     help="The worker never starts Faust's web server."),
+    loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
+) -> None:
+    """Run the stream worker: events -> ledger, dead letters, running totals (streams/README.md)."""
+    from streams.app import WorkerSettings, run_worker
+
+    if not without_web:
+        fail(2, "the worker runs without Faust's web server")
+    run_worker(WorkerSettings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix,
+                              database_url=database_url, store=store,
+                              data_dir=str(data_dir) if data_dir else None, batch_size=batch_size,
+                              partitions=partitions,
+                              loglevel=loglevel.upper()))
+
+
+@app.command()
+def totals(
+    pool: str = typer.Option(..., "--pool"),
+    year: int = typer.Option(..., "--year"),
+    hospital: Optional[str] = typer.Option(None, "--hospital"),
+    database_url: Optional[str] = DatabaseUrl,
+    as_json: bool = JsonOut,
+) -> None:
+    """Running point totals per hospital, as the stream worker last computed them."""
+    from projections.running_totals import create_tables, read_rows, store_engine
+
+    with open_store(database_url) as store:
+        engine = store_engine(store)
+        create_tables(engine)
+        rows = read_rows(engine, pool, year, hospital)
+    if as_json:
+        emit([r.as_json() for r in rows])
+        return
+    table = Table("hospital", "cases", "settled", "deducted", "net points", "personal paid", "position", "computed at",
+                  "error", title=f"{pool} {year} running totals")
+    for r in rows:
+        t = r.totals
+        table.add_row(r.key.hospital_id, f"{t.cases:,}", f"{t.settled_points:,}", f"{t.deducted_points:,}",
+                      f"{t.net_points:,}", f"{t.personal_paid:,}", str(r.position),
+                      r.computed_at.isoformat(timespec="seconds"), r.error or "")
+    console.print(table)
+    if hospital is not None and not rows:
+        fail(EXIT_NOT_FOUND, f"no running totals for hospital {hospital} in {pool} {year}")
+
+
+@app.command()
+def reconcile(
+    pool: str = typer.Option(..., "--pool"),
+    year: int = typer.Option(..., "--year"),
+    known_at: Optional[str] = KnownAt,
+    database_url: Optional[str] = DatabaseUrl,
+    as_json: bool = JsonOut,
+) -> None:
+    """Compare the running totals with a full replay of the pool-year; exit 1 on any difference."""
+    from projections.running_totals import create_tables, store_engine
+    from projections.running_totals import reconcile as run
+
+    with open_store(database_url) as store:
+        create_tables(store_engine(store))
+        try:
+            result = run(store, pool, year, parse_moment(known_at))
+        except (ClearingError, PolicyMissing) as exc:
+            fail(EXIT_CANNOT_COMPUTE, str(exc))
+    if as_json:
+        emit(result.as_json())
+    elif result.ok:
+        console.print(f"[green]{pool} {year}: running totals of {result.hospitals} hospitals agree with the replay[/green] "
+                      f"(store position {result.store_position}, known at {result.known_at.isoformat()})")
+    else:
+        table = Table("hospital", "figure", "running", "replay", "position", "behind store", "error",
+                      title=f"{pool} {year}: {len(result.differences)} hospitals differ from the replay")
+        for d in result.differences:
+            behind = "" if d.position is None else str(result.store_position - d.position)
+            figures = list(d.figures.items()) or [("", ("", ""))]
+            for name, (running, replay) in figures:
+                table.add_row(d.hospital_id, name, running, replay, "no row" if d.position is None else str(d.position),
+                              behind, d.error or "")
+        console.print(table)
+    if not result.ok:
+        raise typer.Exit(EXIT_REJECTED)
+
+
+@app.command("refresh-projections")
+def refresh_projections(
+    pool: str = typer.Option(..., "--pool"),
+    year: int = typer.Option(..., "--year"),
+    database_url: Optional[str] = DatabaseUrl,
+    as_json: bool = JsonOut,
+) -> None:
+    """Recompute the warm case_points projection of a pool-year from the events, as known now."""
+    from projections.case_points import refresh
+
+    with open_store(database_url) as store:
+        try:
+            report = refresh(store, pool, year)
+        except (ClearingError, PolicyMissing) as exc:
+            fail(EXIT_CANNOT_COMPUTE, str(exc))
+    if as_json:
+        emit(report.as_json())
+        return
+    console.print(f"case_points of {pool} {year}: {report.cases:,} cases from {report.events:,} events "
+                  f"in {report.chunks} chunk(s), journal position {report.position}, "
+                  f"as known at {report.known_at.isoformat()}, in {report.seconds:.1f} s")
 
 
 def main() -> None:

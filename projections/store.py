@@ -86,6 +86,7 @@ CASE_LEVEL = ("CaseSubmitted", "CaseWithdrawn", "ReviewVerdictRecorded", "Penalt
 """Event types that name a case; verdicts may arrive first (EVENTS.md "Order of arrival")."""
 
 NEEDS_REGISTERED_HOSPITAL = frozenset({"CaseSubmitted", "CaseWithdrawn"})
+_UNBLOCKS_PENALTIES = frozenset({"PolicyVersionPublished", "CoefficientChanged", "HospitalRegistered"})
 
 _INDEX = "ledger_index"
 _PAGE = 5_000  # journal entries per index transaction when catching up
@@ -167,6 +168,8 @@ dead_letters_table = Table(
     Column("field", Text, nullable=False),
     Column("reason", Text, nullable=False),
     Column("raw", LargeBinary, nullable=False),
+    # A redelivered refusal (Kafka at-least-once) is recognised by its origin.
+    Index("ix_dead_letters_origin", "origin"),
 )
 
 
@@ -412,8 +415,14 @@ class LedgerStore:
             self.after_append([e.event for e in done])
 
     def after_append(self, new_events: list[Envelope]) -> None:
-        """Called after each ingested batch with the events it added: derives penalties."""
-        self.derive_penalties(new_events)
+        """Called after each ingested batch with the events it added: derives penalties.
+
+        A verdict's penalty needs its case's policy and hospital; when a policy version,
+        coefficient change or registration arrives after verdicts (arrival order is free,
+        EVENTS.md), every verdict is looked at again (idempotent).
+        """
+        late_policy = any(e.event_type in _UNBLOCKS_PENALTIES for e in new_events)
+        self.derive_penalties(None if late_policy else new_events)
 
     def derive_penalties(self, new_events: Iterable[Envelope] | None = None) -> int:
         """Appends the `PenaltyImposed` due for violation verdicts (RULES.md 4; ledger/derivation.py).

@@ -198,3 +198,14 @@ def test_a_100000_event_file_ingests_exactly_and_a_second_time_is_all_duplicates
     cleared = data(run(database_url, "clear", "--pool", "panzhihua", "--year", "2020", "--known-at", AFTER))
     assert data(run(database_url, "ingest", str(path))) == {"accepted": 0, "duplicates": 100_000, "rejected": []}
     assert data(run(database_url, "clear", "--pool", "panzhihua", "--year", "2020", "--known-at", AFTER)) == cleared
+
+
+def test_penalty_is_derived_when_the_policy_arrives_after_the_verdict(database_url: str, tmp_path: Path) -> None:
+    # EVENTS.md "Order of arrival": the verdict is kept and takes effect once it can.
+    data(run(database_url, "ingest", str(write(tmp_path, "story.jsonl", *story()))))
+    with LedgerStore.open(database_url) as store:
+        assert [e for e in store.load(case_ids=["C1"]) if e.event_type == "PenaltyImposed"] == []
+    data(run(database_url, "ingest", str(POLICIES / "panzhihua.jsonl")))
+    with LedgerStore.open(database_url) as store:
+        (penalty,) = [e for e in store.load(case_ids=["C1"]) if e.event_type == "PenaltyImposed"]
+    assert penalty.payload.deducted_points == Decimal("80.0000")

@@ -1,0 +1,477 @@
+"""Running point totals per (pool, year, hospital), always recomputed from the events.
+
+A hospital's totals are a fold of the pool's events through `ledger.clearing.settle`, never
+a number patched by hand: when an event arrives, every (pool, year, hospital) it can change
+is recomputed from the store (`recompute_keys` says which). Recomputation reads the store,
+so a redelivered event recomputes the same figures and nothing is counted twice.
+
+Figures (RULES.md 5): `cases` (live cases discharged in the year), `settled_points`,
+`deducted_points`, `net_points = settled - deducted`, `personal_paid`. None of them
+depends on the budget, prepayments or clearings, so those events recompute nothing.
+
+The figures of each hospital are mirrored into the SQL table `running_totals` next to the
+store, with the store position (journal notification id) they reflect, so the CLI reads
+them without the stream worker. `reconcile` compares that table with a full replay.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    or_,
+    select,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from ledger.clearing import ClearingError, PoolYear, settle
+from ledger.events import ENVELOPES
+from ledger.policy import PolicyMissing
+from projections.store import CASE_LEVEL, POOL_LEVEL, UtcDateTime, index_table, tracking_table
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+    from projections.store import LedgerStore
+
+ZERO = Decimal(0)
+FIGURES = ("cases", "settled_points", "deducted_points", "net_points", "personal_paid")
+CASE_EVENTS = ("CaseSubmitted", "CaseWithdrawn", "ReviewVerdictRecorded", "PenaltyImposed")
+"""Events that name a case: they change the totals of the case's hospital, every year it was filed under."""
+
+
+class Key(NamedTuple):
+    """Whose totals: a hospital of a pool, for the cases discharged in a year (RULES.md 5)."""
+
+    pool: str
+    year: int
+    hospital_id: str
+
+    def text(self) -> str:
+        return f"{self.pool}/{self.year}/{self.hospital_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class HospitalTotals:
+    """One hospital's figures for a pool-year, exact decimals (STYLE.md 3)."""
+
+    cases: int = 0
+    settled_points: Decimal = ZERO
+    deducted_points: Decimal = ZERO
+    net_points: Decimal = ZERO
+    personal_paid: Decimal = ZERO
+
+    def as_json(self) -> dict[str, Any]:
+        return {"cases": self.cases, **{f: str(getattr(self, f)) for f in FIGURES[1:]}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HospitalTotals:
+        return cls(int(data["cases"]), *(Decimal(str(data[f])) for f in FIGURES[1:]))
+
+    def differences(self, other: HospitalTotals) -> dict[str, tuple[str, str]]:
+        """Figures that differ, as (self, other); decimals compare by value (1.50 == 1.5)."""
+        return {
+            f: (str(getattr(self, f)), str(getattr(other, f)))
+            for f in FIGURES
+            if getattr(self, f) != getattr(other, f)
+        }
+
+
+def totals_by_hospital(py: PoolYear) -> dict[str, HospitalTotals]:
+    """Every registered hospital of the pool-year, with its figures (zero when it has no case).
+
+    RULES.md 5: settled = case points after verdicts, deducted = k x V, net = settled - deducted,
+    personal paid = the cases' personal payments. Withdrawn cases count nowhere.
+    """
+    sums: dict[str, list[Any]] = {h: [0, ZERO, ZERO, ZERO] for h in py.hospitals}
+    for c in py.cases.values():
+        s = sums[c.hospital_id]
+        s[0] += 1
+        s[1] += c.settled
+        s[2] += c.deducted
+        s[3] += c.state.case.personal_paid
+    return {h: HospitalTotals(n, st, de, st - de, pp) for h, (n, st, de, pp) in sums.items()}
+
+
+def hospital_totals(events: Iterable[Any], pool: str, year: int, hospital_id: str, known_at: datetime) -> HospitalTotals:
+    """One hospital's figures for `pool`/`year` as known at `known_at`, folded from `events`.
+
+    `events` may be a superset (e.g. `LedgerStore.load(pool=, year=, hospital_id=)`): `settle`
+    keeps what was recorded by `known_at`, the pool's hospitals and the year's cases.
+    """
+    return totals_by_hospital(settle(events, pool, year, known_at)).get(hospital_id, HospitalTotals())
+
+
+# --------------------------------------------------------------------------- which totals an event changes
+
+
+@dataclass
+class _Scopes:
+    case_ids: set[str] = field(default_factory=set)
+    hospitals: set[str] = field(default_factory=set)
+    # (pool, first year, last year or None, hospital or None)
+    intervals: set[tuple[str, int, int | None, str | None]] = field(default_factory=set)
+
+
+def _scopes(events: Iterable[Any]) -> _Scopes:
+    s = _Scopes()
+    for e in events:
+        p = e.payload
+        if e.event_type in CASE_EVENTS:
+            s.case_ids.add(p.case_id)
+        elif e.event_type == "HospitalRegistered":
+            # A re-registration may change the grade, hence every coefficient (RULES.md 3).
+            s.hospitals.add(p.hospital_id)
+        elif e.event_type in ("PolicyVersionPublished", "CoefficientChanged"):
+            # RULES.md 2: a version applies to cases discharged inside its valid interval,
+            # so it can change the years the interval touches, and no others. A coefficient
+            # scoped to a hospital changes that hospital only; a (DRG code, grade) one, every
+            # hospital of the pool (the grade is the hospital's, read at settle time).
+            last = p.effective_to.year if p.effective_to is not None else None
+            hospital = getattr(p, "hospital_id", None)
+            s.intervals.add((p.pool, p.effective_from.year, last, hospital))
+        # BudgetSet, PrepaymentMade, ClearingCompleted: no figure of the totals depends on them.
+    return s
+
+
+def recompute_keys(conn: Connection, events: Iterable[Any]) -> set[Key]:
+    """The (pool, year, hospital) totals that `events` (parsed envelopes) can change.
+
+    Answered from the store's index, so it sees cases stored by earlier batches:
+    - a case event: its case's hospital, for every year any revision was discharged in (a
+      revision may move a case to another year); a verdict or withdrawal that names a case
+      not yet known changes nothing until the case comes, whose own arrival recomputes;
+    - a hospital registration: that hospital, every year it has cases;
+    - a policy version or coefficient change: every hospital of the pool with cases in the
+      years its valid interval touches (a hospital-scoped coefficient: that hospital only).
+    """
+    s = _scopes(events)
+    t = index_table
+    conditions: list[Any] = []
+    ids = sorted(s.case_ids)
+    for i in range(0, len(ids), 900):
+        conditions.append(t.c.case_id.in_(ids[i : i + 900]))
+    if s.hospitals:
+        conditions.append(t.c.hospital_id.in_(sorted(s.hospitals)))
+    for pool, first, last, hospital in s.intervals:
+        c = [t.c.pool == pool, t.c.year >= first]
+        if last is not None:
+            c.append(t.c.year <= last)
+        if hospital is not None:
+            c.append(t.c.hospital_id == hospital)
+        conditions.append(and_(*c))
+    if not conditions:
+        return set()
+    rows = conn.execute(
+        select(t.c.pool, t.c.year, t.c.hospital_id)
+        .where(t.c.event_type == "CaseSubmitted", t.c.pool.is_not(None), or_(*conditions))
+        .distinct()
+    )
+    return {Key(pool, year, hospital) for pool, year, hospital in rows}
+
+
+# --------------------------------------------------------------------------- the SQL mirror
+
+metadata = MetaData()
+
+running_totals_table = Table(
+    "running_totals",
+    metadata,
+    Column("pool", String(40), primary_key=True),
+    Column("year", Integer, primary_key=True),
+    Column("hospital_id", String(40), primary_key=True),
+    Column("cases", Integer, nullable=False),
+    # Decimal strings: exact on every backend (SQLite has no exact NUMERIC).
+    Column("settled_points", Text, nullable=False),
+    Column("deducted_points", Text, nullable=False),
+    Column("net_points", Text, nullable=False),
+    Column("personal_paid", Text, nullable=False),
+    Column("position", BigInteger, nullable=False, comment="store notification id these totals reflect, at least"),
+    Column("known_at", UtcDateTime(), nullable=False, comment="policy and events as known at this moment"),
+    Column("computed_at", UtcDateTime(), nullable=False),
+    Column("error", Text, comment="why the totals could not be computed (e.g. a policy gap); figures are then the last good ones"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TotalsRow:
+    """A hospital's totals as the worker last computed them."""
+
+    key: Key
+    totals: HospitalTotals
+    position: int
+    known_at: datetime
+    computed_at: datetime
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "pool": self.key.pool,
+            "year": self.key.year,
+            "hospital_id": self.key.hospital_id,
+            **self.totals.as_json(),
+            "position": self.position,
+            "known_at": self.known_at.isoformat(),
+            "computed_at": self.computed_at.isoformat(),
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TotalsRow:
+        return cls(
+            Key(data["pool"], int(data["year"]), data["hospital_id"]),
+            HospitalTotals.from_json(data),
+            int(data["position"]),
+            datetime.fromisoformat(data["known_at"]),
+            datetime.fromisoformat(data["computed_at"]),
+            data.get("error"),
+        )
+
+
+def store_engine(store: LedgerStore) -> Engine:
+    """The SQLAlchemy engine of the store's database (the totals live next to the index)."""
+    return store.engine
+
+
+def create_tables(engine: Engine) -> None:
+    metadata.create_all(engine)
+
+
+def store_position(conn: Connection) -> int:
+    """The journal notification id the store's index has applied up to."""
+    t = tracking_table
+    value = conn.execute(select(t.c.notification_id).where(t.c.name == index_table.name)).scalar_one_or_none()
+    return int(value or 0)
+
+
+def upsert(engine: Engine, rows: Sequence[TotalsRow]) -> None:
+    """Writes rows; a row never replaces one that reflects a later store position.
+
+    The guard keeps the table monotonic when two workers briefly own a partition during a
+    rebalance, or a redelivered recompute request is processed after a newer one.
+    """
+    if not rows:
+        return
+    values = []
+    for r in rows:
+        values.append(
+            {
+                "pool": r.key.pool,
+                "year": r.key.year,
+                "hospital_id": r.key.hospital_id,
+                **{f: (r.totals.cases if f == "cases" else str(getattr(r.totals, f))) for f in FIGURES},
+                "position": r.position,
+                "known_at": r.known_at,
+                "computed_at": r.computed_at,
+                "error": r.error,
+            }
+        )
+    t = running_totals_table
+    dialect = engine.dialect.name
+    stmt: Any = pg_insert(t) if dialect == "postgresql" else sqlite_insert(t)
+    updated = {c.name: stmt.excluded[c.name] for c in t.columns if not c.primary_key}
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[t.c.pool, t.c.year, t.c.hospital_id],
+        set_=updated,
+        where=t.c.position <= stmt.excluded.position,
+    )
+    with engine.begin() as conn:
+        conn.execute(stmt, values)
+
+
+def read_rows(engine: Engine, pool: str | None = None, year: int | None = None, hospital_id: str | None = None) -> list[TotalsRow]:
+    """The mirrored totals, ordered by pool, year, hospital."""
+    t = running_totals_table
+    q = select(t).order_by(t.c.pool, t.c.year, t.c.hospital_id)
+    if pool is not None:
+        q = q.where(t.c.pool == pool)
+    if year is not None:
+        q = q.where(t.c.year == year)
+    if hospital_id is not None:
+        q = q.where(t.c.hospital_id == hospital_id)
+    with engine.connect() as conn:
+        out = []
+        for r in conn.execute(q).mappings():
+            totals = HospitalTotals(r["cases"], *(Decimal(r[f]) for f in FIGURES[1:]))
+            out.append(
+                TotalsRow(Key(r["pool"], r["year"], r["hospital_id"]), totals, r["position"], r["known_at"],
+                          r["computed_at"], r["error"])
+            )
+        return out
+
+
+# --------------------------------------------------------------------------- recomputation
+
+
+class ParsedEvents:
+    """The events of a hospital's year, each parsed once per process (bounded, least recently used out).
+
+    A recorded event never changes, so its parsed envelope can be kept by journal position.
+    Recomputing a hospital re-reads its whole year; without this, parsing the same envelopes
+    again is about half the cost of a recompute. The rows selected are exactly those of
+    `LedgerStore.load(pool=, year=, hospital_id=, known_at=)` (a test holds the two equal).
+    """
+
+    def __init__(self, max_events: int = 200_000) -> None:
+        assert max_events > 0
+        self.max_events = max_events
+        self._by_seq: OrderedDict[int, Any] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._by_seq)
+
+    def load(self, conn: Connection, key: Key, known_at: datetime) -> list[Any]:
+        t = index_table
+        cases = select(t.c.case_id).where(
+            t.c.event_type == "CaseSubmitted", t.c.pool == key.pool, t.c.year == key.year,
+            t.c.hospital_id == key.hospital_id,
+        )
+        query = (
+            select(t.c.seq, t.c.event_type, t.c.body)
+            .where(
+                or_(
+                    and_(t.c.event_type.in_(POOL_LEVEL), t.c.pool == key.pool),
+                    and_(t.c.event_type.in_(CASE_LEVEL), t.c.case_id.in_(cases)),
+                ),
+                t.c.recorded_at <= known_at,
+            )
+            .order_by(t.c.seq)
+        )
+        out = []
+        cache = self._by_seq
+        for seq, event_type, body in conn.execute(query):
+            ev = cache.get(seq)
+            if ev is None:
+                ev = ENVELOPES[event_type].model_validate_json(body)
+                cache[seq] = ev
+            else:
+                cache.move_to_end(seq)
+            out.append(ev)
+        while len(cache) > self.max_events:
+            cache.popitem(last=False)
+        return out
+
+
+def recompute(
+    store: LedgerStore, key: Key, known_at: datetime | None = None, last: TotalsRow | None = None,
+    parsed: ParsedEvents | None = None,
+) -> TotalsRow:
+    """A hospital's totals recomputed from the store, as known at `known_at` (default now).
+
+    The position is read before the events, so the row reflects at least that position
+    (`parsed`: the same events, each parsed once per process, see `ParsedEvents`). A
+    policy gap or an uncomputable case keeps `last`'s figures and records the error: the
+    totals are never patched, and a later policy event recomputes them (`recompute_keys`).
+    """
+    engine = store_engine(store)
+    known_at = known_at or datetime.now(UTC)
+    with engine.connect() as conn:
+        position = store_position(conn)
+        if parsed is not None:
+            events = parsed.load(conn, key, known_at)
+    if parsed is None:
+        events = store.load(pool=key.pool, year=key.year, hospital_id=key.hospital_id, known_at=known_at)
+    stamp = datetime.now(UTC)
+    try:
+        totals = hospital_totals(events, key.pool, key.year, key.hospital_id, known_at)
+    except (PolicyMissing, ClearingError) as exc:
+        return TotalsRow(key, last.totals if last else HospitalTotals(), position, known_at, stamp, str(exc))
+    return TotalsRow(key, totals, position, known_at, stamp)
+
+
+def keys_for(store: LedgerStore, events: Iterable[Any]) -> set[Key]:
+    """`recompute_keys` on the store's index."""
+    with store_engine(store).connect() as conn:
+        return recompute_keys(conn, events)
+
+
+# --------------------------------------------------------------------------- reconciliation
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """A hospital whose running totals differ from the replay."""
+
+    hospital_id: str
+    figures: dict[str, tuple[str, str]]  # figure -> (running, replay)
+    position: int | None  # the store position the running totals reflect; None: no row
+    error: str | None
+
+    def as_json(self, head: int) -> dict[str, Any]:
+        return {
+            "hospital_id": self.hospital_id,
+            "figures": {f: {"running": a, "replay": b} for f, (a, b) in self.figures.items()},
+            "position": self.position,
+            "behind_store": None if self.position is None else head - self.position,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """Running totals against a full replay of the pool-year (`settle` on `store.load`)."""
+
+    pool: str
+    year: int
+    known_at: datetime
+    store_position: int
+    hospitals: int
+    differences: list[Difference]
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "pool": self.pool,
+            "year": self.year,
+            "known_at": self.known_at.isoformat(),
+            "store_position": self.store_position,
+            "hospitals": self.hospitals,
+            "differences": [d.as_json(self.store_position) for d in self.differences],
+            "ok": self.ok,
+        }
+
+
+def replay_totals(store: LedgerStore, pool: str, year: int, known_at: datetime) -> dict[str, HospitalTotals]:
+    """Every hospital's figures from one settle of the whole pool-year (the cold truth)."""
+    return totals_by_hospital(settle(store.load(pool=pool, year=year, known_at=known_at), pool, year, known_at))
+
+
+def reconcile(store: LedgerStore, pool: str, year: int, known_at: datetime | None = None) -> Reconciliation:
+    """Compares the mirrored running totals of `pool`/`year` with a full replay as known at `known_at`.
+
+    A hospital without a row must replay to zero; a row in error differs even if its last
+    figures happen to match. Raises `PolicyMissing`/`ClearingError` when the replay itself
+    cannot be computed.
+    """
+    engine = store_engine(store)
+    with engine.connect() as conn:
+        head = store_position(conn)
+    known_at = known_at or datetime.now(UTC)
+    replay = replay_totals(store, pool, year, known_at)
+    rows = {r.key.hospital_id: r for r in read_rows(engine, pool, year)}
+    diffs = []
+    for hid in sorted(set(replay) | set(rows)):
+        row = rows.get(hid)
+        running = row.totals if row is not None else HospitalTotals()
+        figures = running.differences(replay.get(hid, HospitalTotals()))
+        error = row.error if row is not None else None
+        if figures or error:
+            diffs.append(Difference(hid, figures, row.position if row else None, error))
+    return Reconciliation(pool, year, known_at, head, len(set(replay) | set(rows)), diffs)

@@ -1,0 +1,106 @@
+"""The Faust application of drg-ledger: settings that work against Tansu, topics, agents.
+
+`create_app(WorkerSettings(...))` builds a `faust.App` with two agents:
+`ingest_events` (streams/intake.py) and `recompute_totals` (streams/recompute.py), and
+the table `running-totals`. `run_worker(settings)` runs it in this process (the
+`drg-ledger worker` command). The settings are the ones measured against Tansu in
+KAFKA-AND-STORES.md: producer_max_batch_size=1 (Tansu's wrong end offsets would restore
+tables stale), short session/heartbeat/rebalance timeouts (Tansu's slow group join), no web
+server, no exactly-once (aiokafka's idempotent producer fails on Tansu; the ledger is
+idempotent instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from typing import Any
+
+from streams.topics import DEFAULT_PREFIX, PARTITIONS, TopicNames, ensure_topics, partition_counts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker needs: where the broker and the store are, and how it batches."""
+
+    bootstrap_servers: str
+    database_url: str | None = None  # None: $DRG_LEDGER_DATABASE_URL, else the embedded SQLite file
+    store: str = "memory://"  # Faust table store: memory:// (restored from the changelog) or rocksdb://
+    topic_prefix: str = DEFAULT_PREFIX  # topics <prefix>.events ...; also the Faust app id (consumer group)
+    data_dir: str | None = None  # Faust's datadir (RocksDB files); default ./drg-ledger-data
+    partitions: int = PARTITIONS  # of the topics it creates; the table follows the recompute topic's actual count
+    batch_size: int = 4000  # events per ingest batch (one store ingest per partition run of it)
+    batch_within_s: float = 0.5
+    recompute_batch: int = 10_000  # recompute requests per batch (de-duplicated per hospital)
+    recompute_within_s: float = 0.1
+    recompute_in_process: bool = True  # recompute in a child process: a second core for the CPU-bound fold
+    loglevel: str = "INFO"
+
+
+def broker_url(bootstrap_servers: str) -> str:
+    """`host:port,host:port` -> Faust's `kafka://host:port;kafka://host:port`."""
+    hosts = [h.strip() for h in bootstrap_servers.split(",") if h.strip()]
+    return ";".join(h if "://" in h else f"kafka://{h}" for h in hosts)
+
+
+def create_app(settings: WorkerSettings) -> Any:
+    """The faust.App with its topics, agents and table (not started)."""
+    import faust
+
+    from streams import intake, recompute
+
+    names = TopicNames(settings.topic_prefix)
+    app = faust.App(
+        settings.topic_prefix,
+        broker=broker_url(settings.bootstrap_servers),
+        store=settings.store,
+        datadir=settings.data_dir or os.path.abspath(f"{settings.topic_prefix}-data"),
+        autodiscover=False,
+        topic_replication_factor=1,
+        topic_partitions=settings.partitions,
+        table_standby_replicas=0,
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=10.0,
+        producer_max_batch_size=1,
+        producer_acks=-1,
+        web_enabled=False,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+    )
+    def raw_topic(name: str) -> Any:
+        # Keys and values stay bytes: the ledger parses envelopes itself (parse_event).
+        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+                         partitions=settings.partitions)
+
+    events = raw_topic(names.events)
+    dead_letters = raw_topic(names.dead_letters)
+    requests = raw_topic(names.recompute)
+    intake.install(app, settings, events, dead_letters, requests)
+    recompute.install(app, settings, requests)
+    return app
+
+
+def run_worker(settings: WorkerSettings) -> None:
+    """Creates the topics if needed and runs the worker until it is stopped (SIGINT/SIGTERM)."""
+    import faust
+
+    names = TopicNames(settings.topic_prefix)
+    created = ensure_topics(settings.bootstrap_servers, names.all(), partitions=settings.partitions)
+    if created:
+        log.info("created topics %s", ", ".join(created))
+    # The totals table must have as many partitions as the recompute topic it is
+    # co-partitioned with, whatever count the topic was created with.
+    actual = partition_counts(settings.bootstrap_servers, [names.recompute]).get(names.recompute)
+    if actual is not None and actual != settings.partitions:
+        log.warning("topic %s has %d partitions, not %d: sizing the totals table to %d",
+                    names.recompute, actual, settings.partitions, actual)
+        settings = replace(settings, partitions=actual)
+    app = create_app(settings)
+    # faust.Worker directly, not `app.main()`: the CLI would turn the web server back on
+    # unless given --without-web (KAFKA-AND-STORES.md); here web_enabled=False holds.
+    worker = faust.Worker(app, loglevel=settings.loglevel, quiet=True)
+    worker.execute_from_commandline()

@@ -1,0 +1,245 @@
+"""The Kafka topics of drg-ledger, their keys, and how to create them (streams/README.md).
+
+- `drg-ledger.events`: every inbound event envelope of EVENTS.md, one per message value
+  (UTF-8 JSON bytes, exactly the line of a `.jsonl` file), keyed by `key_for`.
+- `drg-ledger.dead-letters`: every refused message, value = the raw bytes as received,
+  headers `reason`, `field`, `event_id`, `origin` (`kafka:topic/partition/offset`).
+- `drg-ledger.recompute`: internal; one request per (pool, year, hospital) whose running
+  totals must be recomputed, keyed by hospital, so one hospital's totals are always
+  computed by the one consumer that owns its partition, in order.
+
+`python -m streams.topics` writes `schemas/topics.json` from `TOPICS`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PREFIX = "drg-ledger"
+PREFIX_ENV = "DRG_LEDGER_TOPIC_PREFIX"
+"""Topic names are `<prefix>.events` etc.; the prefix is also the Faust app id, so the
+consumer group and the changelog topic. One prefix per deployment (tests: one per test)."""
+
+EVENTS = f"{DEFAULT_PREFIX}.events"
+DEAD_LETTERS = f"{DEFAULT_PREFIX}.dead-letters"
+RECOMPUTE = f"{DEFAULT_PREFIX}.recompute"
+PARTITIONS = 4
+"""Per topic. Keys hash to partitions (murmur2, as Java clients do), so changing the count
+moves keys: repartitioning is a new topic, not an edit."""
+
+BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic as `schemas/topics.json` describes it."""
+
+    name: str
+    partitions: int
+    key: str
+    value: str
+    headers: dict[str, str]
+    produced_by: str
+    consumed_by: str
+    cleanup_policy: str = "delete"
+
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(
+        EVENTS,
+        PARTITIONS,
+        key=(
+            "UTF-8 string. hospital_id when the payload names one (HospitalRegistered, CaseSubmitted, "
+            "CaseWithdrawn, PrepaymentMade, a hospital-scoped CoefficientChanged); for a "
+            "ReviewVerdictRecorded the hospital of its case when the producer knows it, else the pool when the "
+            "producer knows only one, else the case_id; otherwise the pool (PolicyVersionPublished, BudgetSet, "
+            "a (drg_code, grade) CoefficientChanged); "
+            "null when the producer could not parse the line (malformed input, sent on purpose)."
+        ),
+        value="One event envelope of spec/EVENTS.md as UTF-8 JSON (schemas/json/ledger-event.schema.json).",
+        headers={},
+        produced_by="drg-ledger publish (kafka-python, idempotent, acks=all); any HIS or operator client",
+        consumed_by="drg-ledger worker, agent ingest_events (consumer group drg-ledger)",
+    ),
+    TopicSpec(
+        DEAD_LETTERS,
+        PARTITIONS,
+        key="the refused message's own key (bytes, may be null)",
+        value="the refused message's value, raw bytes exactly as received",
+        headers={
+            "reason": "UTF-8: why it was refused, naming the field (EVENTS.md 'Bad input')",
+            "field": "UTF-8: the field at fault, empty when the whole message is (not JSON, not UTF-8)",
+            "event_id": "UTF-8: the envelope's event_id when one could be read, else empty",
+            "origin": "UTF-8: kafka:<topic>/<partition>/<offset> of the refused message",
+        },
+        produced_by="drg-ledger worker (at least once: dedupe on the origin header)",
+        consumed_by="operators; the store's dead_letters table holds the same rows, once per origin",
+    ),
+    TopicSpec(
+        RECOMPUTE,
+        PARTITIONS,
+        key="UTF-8 hospital_id",
+        value='JSON {"pool": str, "year": int, "hospital_id": str, "cause": event_id of one triggering event}',
+        headers={},
+        produced_by="drg-ledger worker, agent ingest_events (fan-out of each batch's affected totals)",
+        consumed_by="drg-ledger worker, agent recompute_totals (writes table running-totals and SQL running_totals)",
+    ),
+    TopicSpec(
+        f"{DEFAULT_PREFIX}-running-totals-changelog",
+        PARTITIONS,
+        key="UTF-8 hospital_id (same hash, so same partition, as its recompute requests)",
+        value='JSON {"<pool>/<year>": {"cases", "settled_points", "deducted_points", "net_points", '
+              '"personal_paid", "position", "known_at", "computed_at", "error"}}',
+        headers={},
+        produced_by="Faust, for table running-totals (created by the worker)",
+        consumed_by="Faust, restoring the table when a worker starts or takes over partitions",
+        cleanup_policy="compact",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """The topic names of one deployment."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}.events"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.prefix}.dead-letters"
+
+    @property
+    def recompute(self) -> str:
+        return f"{self.prefix}.recompute"
+
+    def all(self) -> tuple[str, str, str]:
+        return (self.events, self.dead_letters, self.recompute)
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def key_for(event: dict[str, Any], case_hospitals: dict[str, str] | None = None,
+            hospital_pools: dict[str, str] | None = None) -> str | None:
+    """The partition key of an envelope (a decoded JSON object, valid or not).
+
+    One hospital's events share a partition, so they arrive in the order sent: its
+    registration before its cases, a revision or withdrawal after its case, a verdict
+    after its case when the producer can name the case's hospital (`case_hospitals`).
+    Pool-wide events (policy versions, budgets, grade-wide coefficients) are keyed by pool.
+    A verdict on an unknown case goes by its pool when the producer knows it from the
+    case's hospital (`hospital_pools`), else by its case id; the ledger keeps it either way
+    (EVENTS.md "Order of arrival"), the key only decides which partition orders it.
+    """
+    payload = event.get("payload")
+    if not isinstance(payload, dict):
+        return None
+    hospital = payload.get("hospital_id")
+    if isinstance(hospital, str) and hospital:
+        return hospital
+    case_id = payload.get("case_id")
+    if isinstance(case_id, str) and case_id:
+        known = (case_hospitals or {}).get(case_id)
+        if known is not None:
+            return known
+        pools = set((hospital_pools or {}).values())
+        if len(pools) == 1:
+            return pools.pop()
+        return case_id
+    pool = payload.get("pool")
+    if isinstance(pool, str) and pool:
+        return pool
+    return None
+
+
+# --------------------------------------------------------------------------- admin
+
+
+def ensure_topics(bootstrap_servers: str, names: Iterable[str] = TopicNames().all(), *,
+                  partitions: int = PARTITIONS, timeout_s: float = 30.0) -> list[str]:
+    """Creates the topics `names` that do not exist yet (`partitions` each, replication 1);
+    returns those created.
+
+    Retries while the broker is not answering yet, up to `timeout_s`.
+    """
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="drg-ledger-admin",
+                                     request_timeout_ms=10_000)
+            break
+        except KafkaError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    created = []
+    try:
+        existing = set(admin.list_topics())
+        for name in names:
+            if name in existing:
+                continue
+            try:
+                admin.create_topics([NewTopic(name, partitions, 1)])
+                created.append(name)
+            except TopicAlreadyExistsError:
+                pass  # a concurrent worker or publisher created it
+    finally:
+        admin.close()
+    return created
+
+
+def partition_counts(bootstrap_servers: str, names: Iterable[str]) -> dict[str, int]:
+    """The partition count of each existing topic among `names` (absent ones are left out)."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="drg-ledger-admin",
+                             request_timeout_ms=10_000)
+    try:
+        wanted = [n for n in names if n in set(admin.list_topics())]
+        return {d["name"]: len(d["partitions"]) for d in admin.describe_topics(wanted)} if wanted else {}
+    finally:
+        admin.close()
+
+
+def describe() -> dict[str, Any]:
+    """The JSON description of the topics (schemas/topics.json)."""
+    return {
+        "$comment": "Generated by `python -m streams.topics` from streams/topics.py; see streams/README.md.",
+        "prefix": f"names use the default prefix {DEFAULT_PREFIX!r}; ${PREFIX_ENV} or --topic-prefix changes it "
+                  "(it is also the Faust app id, hence the consumer group)",
+        "delivery": "at least once; the ledger is idempotent on event_id, running totals are recomputed, never incremented",
+        "partitioner": "murmur2 of the key bytes, positive, modulo partitions (Java client default)",
+        "topics": [asdict(t) for t in TOPICS],
+    }
+
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "topics.json"
+
+
+def main(argv: list[str] | None = None) -> None:
+    text = json.dumps(describe(), ensure_ascii=False, indent=2) + "\n"
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--check"]:
+        if SCHEMA_FILE.read_text(encoding="utf-8") != text:
+            sys.exit(f"{SCHEMA_FILE} is stale: run python -m streams.topics")
+        return
+    SCHEMA_FILE.write_text(text, encoding="utf-8")
+    print(SCHEMA_FILE)
+
+
+if __name__ == "__main__":
+    main()

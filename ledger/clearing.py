@@ -8,10 +8,12 @@ events are an argument, a superset is fine.
 from __future__ import annotations
 
 import calendar
+import gc
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from ledger.cases import CaseState, case_states, known, registry
 from ledger.events import (
@@ -82,20 +84,43 @@ def settle(events: Iterable[Any], pool: str, year: int, known_at: datetime) -> P
     approvals beyond floor(cases x per mille / 1000), in order of recorded_at, are paid as
     ordinary cases.
     """
+    with _gc_paused():
+        return _settle(events, pool, year, known_at)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pauses the cyclic garbage collector, and restarts it only if it was running.
+
+    Settling allocates a few objects per case, none in a cycle (reference counting frees
+    them), while hundreds of thousands of parsed events are alive: the collector's passes
+    over them made a city year's settlement take 1.7x as long (benchmarks/README.md).
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _settle(events: Iterable[Any], pool: str, year: int, known_at: datetime) -> PoolYear:
     seen = known(events, known_at)
     hospitals = {h: r for h, r in registry(seen).items() if r.pool == pool}
     book = PolicyBook.from_events(pool, seen, known_at)
-    states = {
-        cid: s
-        for cid, s in case_states(seen).items()
-        if s.case.hospital_id in hospitals and s.case.discharge_date.year == year
-    }
-    live = {cid: s for cid, s in states.items() if not s.withdrawn}
-    withdrawn = {cid: s for cid, s in states.items() if s.withdrawn}
-
+    live: dict[str, CaseState] = {}
+    withdrawn: dict[str, CaseState] = {}
     per_hospital: dict[str, int] = {}
-    for s in live.values():
-        per_hospital[s.case.hospital_id] = per_hospital.get(s.case.hospital_id, 0) + 1
+    for cid, s in case_states(seen).items():
+        case = s.case
+        if case.hospital_id not in hospitals or case.discharge_date.year != year:
+            continue
+        if s.withdrawal is not None:
+            withdrawn[cid] = s
+        else:
+            live[cid] = s
+            per_hospital[case.hospital_id] = per_hospital.get(case.hospital_id, 0) + 1
     caps = _incentive_caps(live, hospitals, book, per_hospital)
     used: dict[str, int] = {}
     approved_in_order = sorted(
@@ -249,33 +274,71 @@ def point_value(budget: Decimal, total_points: Decimal, personal_paid: Decimal, 
     return (numerator / total_points).quantize(POINT_VALUE, rounding=ROUND_HALF_UP)
 
 
-def _lines(
-    py: PoolYear, until: date | None, pv: Decimal, inside: bool, only: str | None = None
-) -> list[HospitalLine]:
-    sums: dict[str, list[Decimal]] = {h: [ZERO, ZERO, ZERO, ZERO] for h in py.hospitals}
-    counts: dict[str, int] = {h: 0 for h in py.hospitals}
+@dataclass(slots=True)
+class CaseSums:
+    """A hospital's sums over its cases and prepayments (RULES.md 5): what a clearing line is made of.
+
+    Exact decimals, unrounded: `clearing_of` and `balance_of` round once, as RULES.md says.
+    """
+
+    settled: Decimal = ZERO
+    deducted: Decimal = ZERO
+    personal_paid: Decimal = ZERO
+    prepaid: Decimal = ZERO
+    cases: int = 0
+
+
+def case_sums(py: PoolYear, until: date | None = None) -> dict[str, CaseSums]:
+    """Every registered hospital's sums over its cases discharged by `until` (all when None)."""
+    sums = {h: CaseSums() for h in py.hospitals}
     for c in py.cases.values():
         if until is not None and c.discharge_date > until:
             continue
         s = sums[c.hospital_id]
-        s[0] += c.settled
-        s[1] += c.deducted
-        s[2] += c.state.case.personal_paid
-        counts[c.hospital_id] += 1
+        s.settled += c.settled
+        s.deducted += c.deducted
+        s.personal_paid += c.state.case.personal_paid
+        s.cases += 1
+    return sums
+
+
+def add_prepaid(py: PoolYear, sums: dict[str, CaseSums], until: date | None = None) -> dict[str, CaseSums]:
+    """Adds the prepayments of the year paid by `until` to the hospitals' sums (RULES.md 5, 6)."""
     for p in py.prepayments:
         if p.hospital_id in sums and (until is None or p.paid_on <= until):
-            sums[p.hospital_id][3] += p.amount
-    lines = []
-    for hid in sorted(sums):
-        if only is not None and hid != only:
-            continue
-        settled, deducted, personal, prepaid = sums[hid]
-        net = settled - deducted
-        fund_due = money(net * pv - personal) if inside else money(net * pv)
-        lines.append(
-            HospitalLine(hid, settled, deducted, net, money(personal), fund_due, money(prepaid), fund_due - money(prepaid), counts[hid])
-        )
-    return lines
+            sums[p.hospital_id].prepaid += p.amount
+    return sums
+
+
+def hospital_line(hospital_id: str, s: CaseSums, pv: Decimal, inside: bool) -> HospitalLine:
+    """One hospital's clearing figures at point value `pv` (RULES.md 5).
+
+    fund_due = net x PV - personal_paid when personal payments are inside the point value,
+    else net x PV; clearing_amount = fund_due - prepaid. Money to 2 places, half up.
+    """
+    net = s.settled - s.deducted
+    fund_due = money(net * pv - s.personal_paid) if inside else money(net * pv)
+    prepaid = money(s.prepaid)
+    return HospitalLine(
+        hospital_id, s.settled, s.deducted, net, money(s.personal_paid), fund_due, prepaid, fund_due - prepaid, s.cases
+    )
+
+
+def clearing_of(
+    pool: str, year: int, known_at: datetime, budget: Decimal, inside: bool, sums: dict[str, CaseSums]
+) -> Clearing:
+    """A clearing from each registered hospital's sums (RULES.md 5): TP, PV, then every line.
+
+    Shared by `clearing` (sums folded from events) and the warm projection (sums from SQL).
+    """
+    total = ZERO
+    personal = ZERO
+    for s in sums.values():
+        total += s.settled - s.deducted
+        personal += s.personal_paid
+    pv = point_value(budget, total, personal, inside)
+    lines = [hospital_line(hid, sums[hid], pv, inside) for hid in sorted(sums)]
+    return Clearing(pool, year, known_at, pv, total, budget, inside, lines)
 
 
 def clearing(py: PoolYear) -> Clearing:
@@ -286,11 +349,8 @@ def clearing(py: PoolYear) -> Clearing:
     if py.budget is None:
         raise ClearingError(f"no BudgetSet for pool {py.pool} year {py.year} recorded by {py.known_at.isoformat()}")
     inside = py.book.clearing_rules(date(py.year, 12, 31)).value.personal_paid_in_point_value
-    base = _lines(py, None, Decimal(1), inside)
-    total = sum((h.net_points for h in base), ZERO)
-    personal = sum((c.state.case.personal_paid for c in py.cases.values()), ZERO)
-    pv = point_value(py.budget.payload.amount, total, personal, inside)
-    return Clearing(py.pool, py.year, py.known_at, pv, total, py.budget.payload.amount, inside, _lines(py, None, pv, inside))
+    sums = add_prepaid(py, case_sums(py))
+    return clearing_of(py.pool, py.year, py.known_at, py.budget.payload.amount, inside, sums)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +384,19 @@ def balance(py: PoolYear, hospital_id: str, as_of: date) -> Balance:
     Point value: the latest ClearingCompleted of the year known at `known_at` (final), else
     the provisional value of the window with the budget pro-rated by days (月度预结算).
     """
+    window = case_sums(py, as_of)
+    return balance_of(py, hospital_id, as_of, window.get(hospital_id, CaseSums()), window.values())
+
+
+def balance_of(
+    py: PoolYear, hospital_id: str, as_of: date, own: CaseSums, window: Iterable[CaseSums]
+) -> Balance:
+    """RULES.md 6 from sums: `own` are the hospital's case sums to `as_of`, `window` the pool's.
+
+    `py` gives the hospitals, policy, budget, prepayments and recorded clearings (its cases
+    are not read), so the warm projection passes a PoolYear settled from pool events only
+    and sums from SQL; `window` is only read when no clearing is recorded.
+    """
     if hospital_id not in py.hospitals:
         raise ClearingError(f"hospital {hospital_id} is not registered in pool {py.pool} as known at {py.known_at.isoformat()}")
     assert as_of.year == py.year
@@ -336,9 +409,12 @@ def balance(py: PoolYear, hospital_id: str, as_of: date) -> Balance:
         days = (as_of - date(py.year, 1, 1)).days + 1
         days_in_year = 366 if calendar.isleap(py.year) else 365
         window_budget = money(py.budget.payload.amount * days / days_in_year)
-        window = _lines(py, as_of, Decimal(1), inside)
-        total = sum((h.net_points for h in window), ZERO)
-        personal = sum((c.state.case.personal_paid for c in py.cases.values() if c.discharge_date <= as_of), ZERO)
+        total = ZERO
+        personal = ZERO
+        for s in window:
+            total += s.settled - s.deducted
+            personal += s.personal_paid
         pv, kind = point_value(window_budget, total, personal, inside), "provisional"
-    (line,) = _lines(py, as_of, pv, inside, only=hospital_id)
+    mine = add_prepaid(py, {hospital_id: CaseSums(own.settled, own.deducted, own.personal_paid, ZERO, own.cases)}, as_of)
+    line = hospital_line(hospital_id, mine[hospital_id], pv, inside)
     return Balance(hospital_id, py.pool, as_of, py.known_at, pv, kind, line, window_budget)

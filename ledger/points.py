@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from ledger.events import CaseRulesBody, CaseSubmitted, DrgGroup, Grade
-from ledger.policy import PolicyBook
+from ledger.policy import InForce, PolicyBook
 
 POINTS = Decimal("0.0001")
 """Case points to 4 places, ROUND_HALF_UP (RULES.md, preamble)."""
@@ -95,9 +95,9 @@ def coefficient_for(case: CaseSubmitted, hospital_id: str, grade: Grade, book: P
         return Coefficient(change.value, "coefficient_change:hospital", change.cite())
     table = book.coefficients(on)
     if hospital_id in table.value.hospitals:
-        return Coefficient(table.value.hospitals[hospital_id], "coefficients:hospital", table.cite())
+        return Coefficient(table.value.hospitals[hospital_id], "coefficients:hospital", _cite(table, book))
     if grade in table.value.grades:
-        return Coefficient(table.value.grades[grade], f"coefficients:grade {grade.value}", table.cite())
+        return Coefficient(table.value.grades[grade], f"coefficients:grade {grade.value}", _cite(table, book))
     raise LookupError(f"coefficients version {table.version} has no value for grade {grade.value}")
 
 
@@ -182,6 +182,16 @@ def case_points(
             notes.append("multi-site: share of the secondary group's base points, no coefficient (seed 001 二(四))")
     p = round_points(raw)
     return CasePoints(p, kind, f"{formula} = {p}", c, r, tuple(notes))
+
+
+def _cite(version: InForce[Any], book: PolicyBook) -> dict[str, Any]:
+    """`version.cite()`, built once per version and book (most cases cite the same table); a copy
+    each time, so no two cases share a dict."""
+    key = ("cite", id(version))
+    cite = book._cache.get(key)
+    if cite is None:
+        cite = book._cache[key] = version.cite()
+    return dict(cite)
 
 
 def _group(groups: list[DrgGroup], code: str, book: PolicyBook) -> DrgGroup | None:

@@ -143,6 +143,14 @@ class PolicyBook:
 
     def coefficient_change(self, scope: str, key: Any, on: date) -> InForce[Decimal] | None:
         """The CoefficientChanged in force for a scope (`hospital_drg`, `drg_grade`, `hospital`)."""
-        table = {"hospital_drg": self.by_hospital_drg, "drg_grade": self.by_drg_grade, "hospital": self.by_hospital}
-        versions = table[scope].get(key)
+        # Called three times per case: pick the table without building a dict each time.
+        if scope == "hospital_drg":
+            table = self.by_hospital_drg
+        elif scope == "drg_grade":
+            table = self.by_drg_grade
+        elif scope == "hospital":
+            table = self.by_hospital
+        else:
+            raise KeyError(scope)
+        versions = table.get(key)
         return latest_covering(versions, on) if versions else None

@@ -94,10 +94,21 @@ def test_chunking_never_changes_the_rows(store: LedgerStore) -> None:
 def test_warm_balances_equal_the_balances_folded_from_the_events(store: LedgerStore) -> None:
     refresh(store, POOL, YEAR)
     for hospital_id in ("H001", "H005", "H012"):
-        for as_of in (date(YEAR, 1, 31), date(YEAR, 6, 30), date(YEAR, 12, 31)):
+        for as_of in (date(YEAR, 1, 1), date(YEAR, 1, 31), date(YEAR, 6, 30), date(YEAR, 12, 31)):
             warm = warm_balance(store, hospital_id, as_of)
             folded = hospital_balance(store, hospital_id, as_of, warm.known_at)
+            assert warm.point_value_kind == "provisional"
             assert as_text(warm) == as_text(folded), (hospital_id, as_of)
+
+
+def test_after_a_recorded_clearing_warm_balances_use_its_final_point_value(store: LedgerStore) -> None:
+    refresh(store, POOL, YEAR)
+    recorded = clear_pool(store, POOL, YEAR, record=True)
+
+    assert freshness(store, POOL, YEAR).fresh  # a ClearingCompleted changes no case row
+    warm = warm_balance(store, "H003", date(YEAR, 9, 30))
+    assert warm.point_value_kind == "final" and warm.point_value == recorded.point_value
+    assert as_text(warm) == as_text(hospital_balance(store, "H003", date(YEAR, 9, 30), warm.known_at))
 
 
 def test_a_new_verdict_makes_the_projection_stale_until_refreshed(store: LedgerStore, year_file: Path) -> None:

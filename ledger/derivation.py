@@ -11,6 +11,7 @@ is reflected there without rewriting history here.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from datetime import datetime
 from typing import Any, Iterable
 
@@ -18,8 +19,11 @@ from ledger.cases import known, registry
 from ledger.events import (
     ENVELOPES,
     CaseSubmitted,
+    CoefficientChanged,
+    HospitalRegistered,
     Outcome,
     PenaltyImposed,
+    PolicyVersionPublished,
     ReviewVerdictRecorded,
 )
 from ledger.penalties import deduction
@@ -38,29 +42,44 @@ def penalty_events(events: Iterable[Any]) -> list[Any]:
     pool's policy events. Verdicts whose case is unknown, or whose policy has a gap, yield
     nothing yet (they will when the missing events arrive).
     """
-    events = list(events)
     submissions: dict[str, list[Any]] = {}
+    verdicts: list[Any] = []
+    registrations: list[Any] = []
+    policies: dict[str, list[Any]] = {}
     for e in events:
-        if isinstance(e.payload, CaseSubmitted):
-            submissions.setdefault(e.payload.case_id, []).append(e)
+        p = e.payload
+        if isinstance(p, CaseSubmitted):
+            submissions.setdefault(p.case_id, []).append(e)
+        elif isinstance(p, ReviewVerdictRecorded) and p.outcome is Outcome.VIOLATION:
+            verdicts.append(e)
+        elif isinstance(p, HospitalRegistered):
+            registrations.append(e)
+        elif isinstance(p, (PolicyVersionPublished, CoefficientChanged)):
+            policies.setdefault(p.pool, []).append(e)
+    for versions in policies.values():
+        versions.sort(key=lambda e: e.recorded_at)
+    # One policy book per pool and number of policy events known: verdicts are many, the
+    # moments at which the policy changed are few.
+    books: dict[tuple[str, int], PolicyBook] = {}
     out = []
-    for v in events:
+    for v in verdicts:
         verdict = v.payload
-        if not isinstance(verdict, ReviewVerdictRecorded) or verdict.outcome is not Outcome.VIOLATION:
-            continue
         subs = submissions.get(verdict.case_id)
         if not subs:
             continue
         at: datetime = max(v.recorded_at, min(s.recorded_at for s in subs))
-        then = known(events, at)
         current = max(
             (s for s in subs if s.recorded_at <= at), key=lambda s: (s.payload.revision, s.recorded_at, s.event_id)
         )
         case: CaseSubmitted = current.payload
-        hospital = registry(then).get(case.hospital_id)
+        hospital = registry(known(registrations, at)).get(case.hospital_id)
         if hospital is None:
             continue
-        book = PolicyBook.from_events(hospital.pool, then, at)
+        versions = policies.get(hospital.pool, [])
+        n = bisect_right(versions, at, key=lambda e: e.recorded_at)
+        book = books.get((hospital.pool, n))
+        if book is None:
+            book = books[(hospital.pool, n)] = PolicyBook.from_events(hospital.pool, versions[:n], at)
         try:
             priced = case_points(case, hospital.hospital_id, hospital.grade, book)
             penalty = deduction(priced.points, verdict, book.penalty_rules(case.discharge_date).value)

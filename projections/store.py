@@ -448,7 +448,9 @@ class LedgerStore:
                 case_ids = set(conn.execute(verdicts.distinct()).scalars())
         if not case_ids:
             return 0
-        return self.append_system_events(penalty_events(self.load(case_ids=case_ids)))
+        needed = ("CaseSubmitted", "ReviewVerdictRecorded", "HospitalRegistered", "PolicyVersionPublished",
+                  "CoefficientChanged")
+        return self.append_system_events(penalty_events(self.load(case_ids=case_ids, event_types=needed)))
 
     def append_system_events(self, events: Sequence[Envelope], *, now: datetime | None = None) -> int:
         """Appends ledger-written events (source `system`); an id already recorded is skipped.
@@ -615,6 +617,7 @@ class LedgerStore:
         hospital_id: str | None = None,
         case_ids: Iterable[str] | None = None,
         known_at: datetime | None = None,
+        event_types: Iterable[str] | None = None,
     ) -> list[Envelope]:
         """The events needed to clear `pool` for `year` (a superset), in recording order.
 
@@ -623,7 +626,8 @@ class LedgerStore:
         cases, joined on case_id because verdicts may come first (EVENTS.md "Order of
         arrival"). `hospital_id` narrows the cases to that hospital's (pool events: its
         pool's); `case_ids` to those cases (pool events: their pools'). `known_at` keeps
-        events recorded at or before it (RULES.md 2). No filter: every event.
+        events recorded at or before it (RULES.md 2); `event_types` keeps only those types.
+        No filter: every event.
         """
         t = index_table
         ids = list(dict.fromkeys(case_ids)) if case_ids is not None else None
@@ -660,6 +664,8 @@ class LedgerStore:
             )
         if known_at is not None:
             query = query.where(t.c.recorded_at <= _utc(known_at))
+        if event_types is not None:
+            query = query.where(t.c.event_type.in_(list(event_types)))
         with self._engine.connect() as conn:
             return [_parse_stored(event_type, body) for event_type, body in conn.execute(query)]
 

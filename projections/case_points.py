@@ -57,6 +57,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    union,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -375,26 +376,31 @@ def _chunks(conn: Connection, pool: str, year: int, chunk_cases: int) -> dict[st
         select(i.c.case_id, func.min(i.c.hospital_id).label("lo"), func.max(i.c.hospital_id).label("hi"))
         .where(i.c.event_type == "CaseSubmitted", i.c.pool == pool, i.c.year == year)
         .group_by(i.c.case_id)
-        .subquery()
+        .cte("subs")
     )
-    hospitals = list(
-        conn.execute(
-            select(i.c.hospital_id)
-            .where(i.c.event_type == "CaseSubmitted", i.c.pool == pool, i.c.year == year)
-            .distinct()
-            .order_by(i.c.hospital_id)
-        ).scalars()
-    )
-    counts = dict(conn.execute(select(subs.c.lo, func.count()).group_by(subs.c.lo)).all())
-    order = {h: n for n, h in enumerate(hospitals)}
-    blocked: set[int] = set()  # no cut right after these positions: a case spans them
-    for lo, hi in conn.execute(select(subs.c.lo, subs.c.hi).where(subs.c.lo != subs.c.hi)):
-        blocked.update(range(order[lo], order[hi]))
+    # One pass over the year's submissions (at province scale the index is tens of GiB):
+    # cases per (least, greatest) hospital, and each such hospital's rank in the database's order.
+    spans = select(subs.c.lo, subs.c.hi, func.count().label("n")).group_by(subs.c.lo, subs.c.hi).cte("spans")
+    ends = union(select(spans.c.lo.label("h")), select(spans.c.hi.label("h"))).cte("ends")
+    rank = select(ends.c.h, func.row_number().over(order_by=ends.c.h).label("k")).cte("rank")
+    lo_rank, hi_rank = rank.alias("lo_rank"), rank.alias("hi_rank")
+    rows = conn.execute(
+        select(spans.c.lo, spans.c.n, lo_rank.c.k, hi_rank.c.k)
+        .join_from(spans, lo_rank, lo_rank.c.h == spans.c.lo)
+        .join(hi_rank, hi_rank.c.h == spans.c.hi)
+    ).all()
+    counts: dict[int, int] = {}  # rank of a partition hospital -> its cases
+    names: dict[int, str] = {}
+    blocked: set[int] = set()  # no cut right after these ranks: a case spans them
+    for lo, n, k_lo, k_hi in rows:
+        counts[k_lo] = counts.get(k_lo, 0) + n
+        names[k_lo] = lo
+        blocked.update(range(k_lo, k_hi))
     chunk_of: dict[str, int] = {}
     chunk, n = 0, 0
-    for k, h in enumerate(hospitals):
-        chunk_of[h] = chunk
-        n += counts.get(h, 0)
+    for k in sorted(names):
+        chunk_of[names[k]] = chunk
+        n += counts[k]
         if n >= chunk_cases and k not in blocked:
             chunk, n = chunk + 1, 0
     return chunk_of

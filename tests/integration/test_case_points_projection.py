@@ -28,7 +28,7 @@ from projections.case_points import (
 )
 from projections.queries import clear_pool, hospital_balance
 from projections.store import LedgerStore
-from tests.factories import budget, lines, verdict
+from tests.factories import budget, case, hospital, lines, policy, verdict
 
 POOL, YEAR = "panzhihua", 2020
 
@@ -157,3 +157,21 @@ def test_a_pool_year_never_refreshed_is_refused(store: LedgerStore) -> None:
         warm_clearing(store, POOL, YEAR)
     with store.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(case_points_table)).scalar_one() == 0
+
+
+def test_a_case_moved_to_another_hospital_keeps_both_hospitals_in_one_chunk(database_url: str) -> None:
+    # Incentive approvals are capped per hospital (seed 001 二(二)): with one hospital per
+    # chunk, a case whose revision names another hospital must bring both together.
+    components = ("drg_table", "coefficients", "high_tech_catalogue", "case_rules", "penalty_rules", "clearing_rules")
+    events = [hospital(h, grade="3A") for h in ("H001", "H002", "H003", "H004")]
+    events += [policy(c) for c in components] + [budget()]
+    events += [case(f"{h}-C{n}", hospital_id=h, total_cost=str(20000 + 97 * n)) for h in ("H001", "H002", "H003", "H004")
+               for n in range(1, 4)]
+    events += [case("MOVED", hospital_id="H001"), case("MOVED", hospital_id="H003", revision=2, total_cost="30000")]
+    events += [verdict(c, outcome="incentive_approved", unreasonable_cost="100") for c in ("MOVED", "H003-C1")]
+    with LedgerStore.open(database_url) as store:
+        assert store.ingest(lines(*events), origin="test").ok
+        report = refresh(store, POOL, YEAR, chunk_cases=1)
+        assert report.chunks == 2  # H001..H003 (MOVED spans them), then H004
+        warm = warm_clearing(store, POOL, YEAR)
+        assert as_text(warm) == as_text(clear_pool(store, POOL, YEAR, warm.known_at))

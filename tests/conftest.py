@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
@@ -39,6 +40,16 @@ def _with_schema(url: str, schema: str) -> str:
     return f"{url}{sep}options={quote(f'-csearch_path={schema}', safe='')}"
 
 
+def postgres_admin(base: str) -> psycopg.Connection[Any]:
+    """An autocommit connection to the test server; skips when unreachable, fails under CI."""
+    try:
+        return psycopg.connect(_libpq(base), autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {base} is unreachable under CI: {exc}")
+        pytest.skip(f"PostgreSQL at {base} is unreachable: {exc}")
+
+
 @contextmanager
 def fresh_database(kind: str, directory: Path) -> Iterator[str]:
     """An empty ledger's URL: a SQLite file in `directory`, or a new PostgreSQL schema dropped after."""
@@ -46,12 +57,7 @@ def fresh_database(kind: str, directory: Path) -> Iterator[str]:
         yield f"sqlite:///{directory / f'ledger-{uuid.uuid4().hex[:8]}.db'}"
         return
     base = postgres_url()
-    try:
-        admin = psycopg.connect(_libpq(base), autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {base} is unreachable under CI: {exc}")
-        pytest.skip(f"PostgreSQL at {base} is unreachable: {exc}")
+    admin = postgres_admin(base)
     schema = f"drg_test_{uuid.uuid4().hex[:16]}"
     with admin:
         admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))

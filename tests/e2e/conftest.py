@@ -30,7 +30,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import _libpq, postgres_url
+from tests.conftest import _libpq, postgres_admin, postgres_url
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_READY_S = 90.0
@@ -127,12 +127,7 @@ def topic_prefix() -> str:
 def e2e_database_url() -> Iterator[str]:
     """A fresh PostgreSQL database for the test, dropped afterwards (FORCE ends the worker's sessions)."""
     base = postgres_url()
-    try:
-        admin = psycopg.connect(_libpq(base), autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {base} is unreachable under CI: {exc}")
-        pytest.skip(f"PostgreSQL at {base} is unreachable: {exc}")
+    admin = postgres_admin(base)
     name = f"drg_e2e_{uuid.uuid4().hex[:12]}"
     with admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

@@ -84,12 +84,12 @@ def settle(events: Iterable[Any], pool: str, year: int, known_at: datetime) -> P
     approvals beyond floor(cases x per mille / 1000), in order of recorded_at, are paid as
     ordinary cases.
     """
-    with _gc_paused():
+    with gc_paused():
         return _settle(events, pool, year, known_at)
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pauses the cyclic garbage collector, and restarts it only if it was running.
 
     Settling allocates a few objects per case, none in a cycle (reference counting frees

@@ -29,10 +29,8 @@ and the rows equal one settlement of the whole year.
 
 from __future__ import annotations
 
-import gc
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -73,6 +71,7 @@ from ledger.clearing import (
     add_prepaid,
     balance_of,
     clearing_of,
+    gc_paused,
     settle,
 )
 from ledger.events import ENVELOPES
@@ -342,23 +341,6 @@ class RefreshReport:
         }
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pauses the cyclic garbage collector while a chunk is parsed and settled.
-
-    Parsed events and settled cases are hundreds of thousands of acyclic objects that
-    reference counting frees; the collector's full passes over them cost about as much as
-    the parse itself (measured: benchmarks/README.md).
-    """
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 def _parse(event_type: str, body: str) -> Any:
     return ENVELOPES[event_type].model_validate_json(body)
 
@@ -485,7 +467,7 @@ def refresh(store: LedgerStore, pool: str, year: int, *, chunk_cases: int = CHUN
         chunks = 0
         for raw in _by_chunk(_case_events(reader, pool, year), chunk_of) if chunk_of else ():
             chunks += 1
-            with _gc_paused():
+            with gc_paused():
                 chunk = [_parse(et, body) for et, body in raw]
                 raw.clear()  # the generator holds the list until the next chunk: free the bodies now
                 events += len(chunk)

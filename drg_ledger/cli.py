@@ -84,6 +84,8 @@ def ingest(
     database_url: Optional[str] = DatabaseUrl,
     as_json: bool = JsonOut,
     batch_size: int = typer.Option(2000, min=1, help="Events per journal transaction."),
+    backfill: bool = typer.Option(False, "--backfill", help="Load history: admit recorded_at older than the "
+                                  "late-arrival window; journals one HistoryBackfilled (EVENTS.md)."),
 ) -> None:
     """Append events from a file; report accepted, duplicates and every rejected line (EVENTS.md)."""
     with file.open("rb") as fh:
@@ -92,7 +94,7 @@ def ingest(
         task = bar.add_task(f"ingest {file.name}", total=total)
         report = store.ingest(
             (line.rstrip(b"\r\n") for line in fh), origin=f"file:{file}", batch_size=batch_size,
-            on_progress=lambda n: bar.update(task, completed=n),
+            on_progress=lambda n: bar.update(task, completed=n), backfill=backfill,
         )
     out = report.to_json()
     if as_json:

@@ -85,7 +85,7 @@ def run_demo(
             )
         with _progress(console, quiet) as progress, path.open("rb") as fh:
             task = progress.add_task("ingesting", total=summary.events)
-            report = store.ingest(fh, origin=f"demo:{path.name}", on_progress=lambda n: progress.update(task, completed=n))
+            report = store.ingest(fh, origin=f"demo:{path.name}", backfill=True, on_progress=lambda n: progress.update(task, completed=n))
     if not quiet:
         style = "green" if not report.rejected else "red"
         console.print(

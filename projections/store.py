@@ -313,6 +313,7 @@ class LedgerStore:
         now: datetime | None = None,
         batch_size: int = 1000,
         on_progress: Callable[[int], None] | None = None,
+        backfill: bool = False,
     ) -> IngestReport:
         """Appends inbound lines: accepted, duplicate or rejected and dead-lettered, each whole.
 
@@ -323,7 +324,9 @@ class LedgerStore:
         `origin` prefixes each dead letter's origin, joined to the line number with `:`
         unless it ends with `:` or `/` (`file:a.jsonl` -> `file:a.jsonl:7`,
         `kafka:cases/0/` -> `kafka:cases/0/1234`). Blank lines are skipped, not refused.
-        `on_progress` receives the number of lines consumed after each batch.
+        `on_progress` receives the number of lines consumed after each batch. `backfill`
+        (operator files only, never Kafka or HTTP) admits `recorded_at` older than the
+        late-arrival window (EVENTS.md "Transaction time, seals and backfill").
         """
         assert batch_size > 0
         stamp = _utc(now) if now is not None else datetime.now(UTC)

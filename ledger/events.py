@@ -148,7 +148,11 @@ def _decimal_input(value: Any, info: ValidationInfo) -> Any:
     if isinstance(value, float) and info.mode == "python":
         raise ValueError("is a Python float, which cannot hold decimals exactly: pass a str or Decimal")
     if isinstance(value, str) and not _DECIMAL_TEXT.fullmatch(value.strip()):
-        raise ValueError("is not a decimal number (digits with an optional '.', no exponent)")
+        try:
+            Decimal(value.strip())
+        except ArithmeticError:
+            return value  # not a number at all: pydantic says "Input should be a valid decimal"
+        raise ValueError("is not a plain decimal number (digits with an optional '.', no exponent, no NaN)")
     if isinstance(value, Decimal) and not value.is_finite():
         raise ValueError("is not a finite number")
     return value
@@ -168,10 +172,14 @@ def _decimal(
     Schema's multipleOf is unreliable with binary floats).
     """
     low, high = Decimal(lo), Decimal(hi)
-    int_digits = len(str(int(high)))
+    # Bounds are powers of ten (or zero, or minus the upper bound), so the string pattern can
+    # state them exactly: up to k integer digits, or 10^k itself with a zero fraction.
+    k = len(hi) - 1
+    assert hi == "1" + "0" * k and low in (0, -high), (lo, hi)
     sign = "-?" if low < 0 else ""
-    fraction = rf"(\.[0-9]{{1,{places}}}0*)?" if places else r"(\.0+)?"
-    pattern = rf"^{sign}0*[0-9]{{1,{int_digits}}}{fraction}$"
+    nonzero = r"(?!0*(\.0+)?$)" if lo_open else ""
+    fraction = rf"(\.[0-9]{{1,{places}}}0*)?"
+    pattern = rf"^{sign}{nonzero}0*([0-9]{{1,{k}}}{fraction}|{hi}(\.0+)?)$"
     bound = "exclusiveMinimum" if lo_open else "minimum"
     interval = f"{'(' if lo_open else '['}{lo}, {hi}]"
     description = (
@@ -450,7 +458,12 @@ class PolicyVersionPublished(_Model):
             except (ValueError, TypeError):
                 return data
             data = dict(data)
-            data["body"] = COMPONENT_BODIES[component].model_validate(data["body"])
+            try:
+                data["body"] = COMPONENT_BODIES[component].model_validate(data["body"])
+            except ValidationError as exc:
+                # Errors of the body are located under `body` (payload.body.groups[0]...).
+                errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+                raise ValidationError.from_exception_data(exc.title, errors) from None  # type: ignore[arg-type]
         return data
 
     @model_validator(mode="after")
@@ -744,10 +757,25 @@ class InvalidEvent(ValueError):
     """
 
     def __init__(self, field: str, reason: str, event_id: str | None = None) -> None:
-        self.field = field
-        self.reason = reason
-        self.event_id = event_id
-        super().__init__(f"{field}: {reason}" if field else reason)
+        # Field, reason and id go into reports and dead-letter columns: keep them printable
+        # and short whatever the line held (a NUL or a lone surrogate in an unknown key).
+        self.field = _printable(field, 200)
+        self.reason = _printable(reason, 1000)
+        self.event_id = (
+            event_id
+            if isinstance(event_id, str) and len(event_id) <= LEDGER_ID_MAX and re.fullmatch(CODE_PATTERN, event_id)
+            else None
+        )
+        super().__init__(f"{self.field}: {self.reason}" if self.field else self.reason)
+
+
+def _printable(text: str, limit: int) -> str:
+    """`text` with anything unprintable (controls, lone surrogates) escaped, cut to `limit` characters."""
+    if not text.isprintable() or len(text) > limit:
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[: limit + 1])
+        if len(text) > limit:
+            text = text[: limit - 3] + "..."
+    return text
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -755,7 +783,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
     # Drop the union tag pydantic puts first ("CaseSubmitted", "payload", ...).
     if parts and parts[0] in ENVELOPES:
         parts = parts[1:]
-    parts = [p for p in parts if not p.endswith("Body") and not p.startswith("function-")]
+    parts = [p for p in parts if not p.endswith("Body") and not p.startswith("function-") and p != "[key]"]
     out = ""
     for p in parts:
         out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
@@ -909,6 +937,8 @@ def parse_event(raw: bytes | str | dict[str, Any]) -> Any:
         err = exc.errors(include_url=False, include_input=False, include_context=False)[0]
         field = _loc(err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
+        if err["loc"] and err["loc"][-1] == "[key]":
+            msg = f"the key {msg[0].lower()}{msg[1:]}"
         # Cross-field validators say "field: reason"; append that field to the location.
         named = re.match(r"^([a-z_][a-z0-9_./]*): (.*)$", msg, re.S)
         if named:

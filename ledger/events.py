@@ -13,10 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Any, Iterator, Literal, Union
+from typing import Annotated, Any, Callable, Iterator, Literal, Union
 
 from pydantic import (
     AfterValidator,
@@ -147,15 +148,41 @@ def _decimal_input(value: Any, info: ValidationInfo) -> Any:
         raise ValueError(f"is not a finite number ({value.literal})")
     if isinstance(value, float) and info.mode == "python":
         raise ValueError("is a Python float, which cannot hold decimals exactly: pass a str or Decimal")
-    if isinstance(value, str) and not _DECIMAL_TEXT.fullmatch(value.strip()):
-        try:
-            Decimal(value.strip())
-        except ArithmeticError:
-            return value  # not a number at all: pydantic says "Input should be a valid decimal"
-        raise ValueError("is not a plain decimal number (digits with an optional '.', no exponent, no NaN)")
+    if isinstance(value, str):
+        text = value.strip()
+        if not _DECIMAL_TEXT.fullmatch(text):
+            try:
+                Decimal(text)
+            except ArithmeticError:
+                return value  # not a number at all: pydantic says "Input should be a valid decimal"
+            raise ValueError("is not a plain decimal number (digits with an optional '.', no exponent, no NaN)")
+        return Decimal(text)
     if isinstance(value, Decimal) and not value.is_finite():
         raise ValueError("is not a finite number")
     return value
+
+
+def _places_at_most(places: int) -> Callable[[Decimal], Decimal]:
+    """A check that a Decimal has at most `places` decimal places, trailing zeros not counted.
+
+    Done here rather than by pydantic's `decimal_places` (the same rule, several times slower);
+    never `normalize()`, which rounds to the context's 28 digits.
+    """
+
+    def check(value: Decimal) -> Decimal:
+        _, digits, exponent = value.as_tuple()
+        assert isinstance(exponent, int)  # finite: checked before
+        if exponent < -places:
+            zeros = 0
+            for d in reversed(digits):
+                if d or zeros >= -exponent - places:
+                    break
+                zeros += 1
+            if exponent + zeros < -places:
+                raise ValueError(f"Decimal input should have no more than {places} decimal places")
+        return value
+
+    return check
 
 
 def _num(x: Decimal) -> int | float:
@@ -193,9 +220,10 @@ def _decimal(
         ],
         "description": description,
     }
-    limits: dict[str, Any] = {"gt" if lo_open else "ge": low, "le": high, "decimal_places": places}
+    limits: dict[str, Any] = {"gt" if lo_open else "ge": low, "le": high}
     return Annotated[
         Decimal, BeforeValidator(_decimal_input, json_schema_input_type=Any), Field(**limits),
+        AfterValidator(_places_at_most(places)),
         WithJsonSchema(schema),
     ]
 
@@ -259,7 +287,8 @@ Day = Annotated[
 Timestamp = Annotated[
     AwareDatetime, BeforeValidator(_timestamp_input, json_schema_input_type=str), AfterValidator(_timestamp_in_range),
     WithJsonSchema({"type": "string", "format": "date-time", "pattern": r"^20[0-9]{2}-[0-9]{2}-[0-9]{2}[Tt ]",
-                    "description": f"ISO 8601 timestamp with its zone; its date as written in {DATE_MIN} .. {DATE_MAX}."}),
+                    "description": f"ISO 8601 timestamp with its zone; its date as written in {DATE_MIN} .. "
+                                   f"{DATE_MAX}."}),
 ]
 Year = _whole(DATE_MIN.year, DATE_MAX.year)
 
@@ -809,13 +838,19 @@ class _Duplicated(dict):  # type: ignore[type-arg]
     key: str
 
 
+_DECODING = threading.local()
+"""Per thread: whether the line being decoded held a duplicate key (set by `_object`)."""
+
+
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """`object_pairs_hook`: a dict, marked (and the line flagged) when a key came twice."""
     obj = dict(pairs)
     if len(obj) == len(pairs):
         return obj
     seen: set[str] = set()
     dup = _Duplicated(obj)
     dup.key = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+    _DECODING.duplicate = True
     return dup
 
 
@@ -828,6 +863,9 @@ def _integer(text: str) -> int | Decimal:
         return Decimal(text)
 
 
+_DECODER = json.JSONDecoder(
+    parse_float=Decimal, parse_int=_integer, parse_constant=NonFinite, object_pairs_hook=_object
+)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -880,10 +918,9 @@ def decode_line(raw: bytes | str) -> Any:
         raise InvalidEvent("", f"not UTF-8 text: invalid byte {data[exc.start]:#04x} at offset {exc.start}") from None
     if _too_deep(data):
         raise InvalidEvent("", f"JSON nested deeper than {MAX_DEPTH}")
+    _DECODING.duplicate = False
     try:
-        value = json.loads(
-            text, parse_float=Decimal, parse_int=_integer, parse_constant=NonFinite, object_pairs_hook=_object
-        )
+        value = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise InvalidEvent("", f"malformed JSON: {exc.msg} at column {exc.colno}") from None
     if _ESCAPED_SURROGATE.search(data):
@@ -893,9 +930,10 @@ def decode_line(raw: bytes | str) -> Any:
                     v.encode("utf-8")
                 except UnicodeEncodeError:
                     raise InvalidEvent(_path(path), "is not valid Unicode (a lone surrogate)") from None
-    for path, v in _walk(value):
-        if isinstance(v, _Duplicated):
-            raise InvalidEvent(_path([*path, v.key]), "duplicate key")
+    if _DECODING.duplicate:
+        for path, v in _walk(value):
+            if isinstance(v, _Duplicated):
+                raise InvalidEvent(_path([*path, v.key]), "duplicate key")
     return value
 
 
@@ -957,7 +995,8 @@ def canonical_json(event: Any) -> str:
     `ingested_at` is left out while unset, so an event's canonical form (and hash) as sent
     is the same before and after this field existed.
     """
-    exclude = {"ingested_at"} if getattr(event, "ingested_at", None) is None and "ingested_at" in type(event).model_fields else None
+    unset = "ingested_at" in type(event).model_fields and event.ingested_at is None
+    exclude = {"ingested_at"} if unset else None
     return json.dumps(
         event.model_dump(mode="json", exclude=exclude), sort_keys=True, ensure_ascii=False, separators=(",", ":")
     )

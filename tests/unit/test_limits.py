@@ -350,7 +350,8 @@ def backfilled(**fields: Any) -> dict[str, Any]:
 
 
 def test_history_backfilled_is_a_ledger_written_event_of_the_contract() -> None:
-    assert "HistoryBackfilled" in PAYLOADS and "HistoryBackfilled" in ENVELOPES and "HistoryBackfilled" in LEDGER_WRITTEN
+    assert "HistoryBackfilled" in PAYLOADS and "HistoryBackfilled" in ENVELOPES
+    assert "HistoryBackfilled" in LEDGER_WRITTEN
     ev = parse_event(backfilled())
     assert (ev.payload.events, ev.payload.recorded_to.year) == (639, 2021)
     assert refusal(backfilled(file_sha256="AB" * 32)).field == "payload.file_sha256"
@@ -369,7 +370,8 @@ SCHEMA_REFUSES = [
     "event_id_129_chars", "event_id_sql", "case_id_zero_width_space", "case_id_rtl_override",
     "hospital_id_nul", "hospital_id_cyrillic_lookalike", "procedure_codes_101", "name_513_chars", "reason_nul",
     "total_cost_1e400", "total_cost_over_100_million", "total_cost_3_decimals", "total_cost_exponent_string",
-    "prepayment_negative", "prepayment_zero", "budget_over_10_to_12", "revision_10001", "recorded_at_year_1", "recorded_at_year_9999",
+    "prepayment_negative", "prepayment_zero", "budget_over_10_to_12", "revision_10001", "recorded_at_year_1",
+    "recorded_at_year_9999",
     "admission_1999_12_31", "source_operator_200_chars", "ingested_at_from_sender_schema",
 ]
 
@@ -388,6 +390,15 @@ def test_the_exported_schema_refuses_hostile_lines_too(name: str) -> None:
 
 def test_the_exported_schema_accepts_every_valid_envelope_the_models_accept() -> None:
     validator = union_schema()
-    for env in VALID_ENVELOPES + [backfilled(), case("C1", total_cost=100_000_000, recorded_at="2099-12-31T23:59:59-08:00")]:
+    edges = [backfilled(), case("C1", total_cost=100_000_000, recorded_at="2099-12-31T23:59:59-08:00")]
+    for env in VALID_ENVELOPES + edges:
         parse_event(env)
         assert not list(validator.iter_errors(env)), env["event_id"]
+
+
+def test_the_publisher_reports_every_hostile_line_without_raising() -> None:
+    from streams.publish import _validate
+
+    for hostile in PARSE_REFUSED:
+        decoded, problem = _validate(hostile.raw)
+        assert problem is not None and problem.field == hostile.field, hostile.name

@@ -5,7 +5,12 @@ body is parsed with :func:`parse_event`; the JSON Schema files in ``schemas/`` a
 from these models (``python -m schemas.export``).
 
 Money and points are ``Decimal`` (STYLE.md 3). On the wire they may be strings or numbers
-(EVENTS.md "Payloads"); dumps write strings.
+(EVENTS.md "Payloads"); dumps write strings; a Python ``float`` is refused.
+
+EVENTS.md "Limits on input" live in the field types below (`Identifier`, `Code`, `Text`,
+`CaseMoney`, `Amount`, `Day`, `Timestamp`, ...), so the exported schemas carry them, and
+:func:`parse_event` is total: any input parses or raises :class:`InvalidEvent` naming the
+field, never another exception.
 """
 
 from __future__ import annotations

@@ -658,18 +658,20 @@ class ClearingCompleted(_Model):
 
 
 class HistoryBackfilled(_Model):
-    """An operator loaded history older than the late-arrival window (EVENTS.md "Transaction time").
+    """An operator loaded back-stamped history (EVENTS.md "Transaction time, seals and backfill").
 
-    Written by the ledger (source `system`) once per `ingest --backfill` run, so an auditor
-    sees every back-stamped load: who ran it, the file's sha256, how many events it added,
-    and the earliest and latest `recorded_at` among them.
+    Written by the ledger (source `system`) in the same journal transaction as the events it
+    covers, one per transaction of the load, so an interrupted load is recorded exactly as far
+    as it got: who ran it, the file's sha256, how many events, the earliest and latest
+    `recorded_at` among them, and the ingest's origin.
     """
 
     run_by: Text
     file_sha256: Sha256Hex
-    events: _whole(0, 1_000_000_000)  # type: ignore[valid-type]
+    events: _whole(1, 1_000_000_000)  # type: ignore[valid-type]
     recorded_from: Timestamp
     recorded_to: Timestamp
+    origin: Annotated[str, Field(max_length=8192)] | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> HistoryBackfilled:
@@ -704,10 +706,9 @@ SOURCE_PATTERN = (
 """`his:<hospital_id>`, `operator:<name>` (1-128 printable characters, no spaces) or `system`."""
 
 EventId = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]
-LedgerEventId = Annotated[str, Field(min_length=1, max_length=LEDGER_ID_MAX, pattern=CODE_PATTERN)]
+LedgerEventId = Annotated[str, Field(min_length=1, max_length=LEDGER_ID_MAX, pattern=ID_PATTERN)]
 """Ledger-written ids embed another id (`penalty:<verdict event_id>`, `clearing:<pool>:<year>:<sha256>`),
-so they may be longer; they may also hold `+` (a recorded clearing's id names its `known_at`,
-`+08:00`). They are never taken from a sender (LEDGER_WRITTEN types are refused from outside)."""
+so they may be longer. They are never taken from a sender (LEDGER_WRITTEN types are refused from outside)."""
 
 
 class _Envelope(_Model):
@@ -1030,3 +1031,9 @@ def stamped(event: Any, recorded_at: datetime, ingested_at: datetime | None = No
     if ingested_at is not None:
         update["ingested_at"] = ingested_at
     return event.model_copy(update=update) if update else event
+
+
+def ingested(event: Any, now: datetime) -> Any:
+    """The event as the ledger records it: `recorded_at` stamped when absent, `ingested_at`
+    always `now` (EVENTS.md "Envelope": the ledger's own clock, never the sender's)."""
+    return event.model_copy(update={"recorded_at": event.recorded_at or now, "ingested_at": now})

@@ -356,7 +356,7 @@ def test_history_backfilled_is_a_ledger_written_event_of_the_contract() -> None:
     assert (ev.payload.events, ev.payload.recorded_to.year) == (639, 2021)
     assert refusal(backfilled(file_sha256="AB" * 32)).field == "payload.file_sha256"
     assert refusal(backfilled(recorded_to="2019-12-31T00:00:00+08:00")).field == "payload.recorded_to"
-    assert refusal(backfilled(events=-1)).field == "payload.events"
+    assert refusal(backfilled(events=0)).field == "payload.events"
 
 
 # --------------------------------------------------------------------------- the exported JSON Schema

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from hypothesis import strategies as st
 
+from drg_ledger.policy_files import POLICIES
 from tests.factories import (
     DEFAULT_BODIES,
     OPERATOR,
@@ -83,6 +84,18 @@ def _raw_number(env: dict[str, Any], field: str, literal: str) -> bytes:
     marker = "__HOSTILE_NUMBER__"
     text = json.dumps(_with_payload(env, **{field: marker}), ensure_ascii=False)
     return text.replace(f'"{marker}"', literal).encode("utf-8")
+
+
+SHIPPED = POLICIES / f"{POOL}.jsonl"
+"""The pool's shipped policy versions: in `scenario_lines()` and in every generated file."""
+SHIPPED_CLEARING_RULES = "policy-panzhihua-clearing_rules-2018"
+
+
+def _other_content(event_id: str) -> dict[str, Any]:
+    """The shipped policy version `event_id`, with its content changed: same id, other content."""
+    (shipped,) = [e for e in map(json.loads, SHIPPED.read_text(encoding="utf-8").splitlines())
+                  if e["event_id"] == event_id]
+    return _with_payload(shipped, note="hostile: the same event_id with other content")
 
 
 def _nested(depth: int) -> str:
@@ -250,7 +263,7 @@ def _corpus() -> list[Hostile]:
     # --- refused by the store only (they parse): context is scenario_lines()
     add("unknown_hospital", case("hostile-unknown", hospital_id="H404", event_id="hostile-case-unknown-hospital"),
         "payload.hospital_id", store_only=True, reason="unknown hospital")
-    add("same_event_id_other_content", case("C1", total_cost="99999.99"), "event_id", store_only=True,
+    add("same_event_id_other_content", _other_content(SHIPPED_CLEARING_RULES), "event_id", store_only=True,
         reason="other content")
     add("recorded_at_in_the_future", {**_case("future"), "recorded_at": "2098-01-01T00:00:00+08:00"}, "recorded_at",
         store_only=True)
@@ -281,16 +294,18 @@ def hostile_lines() -> list[bytes]:
 def scenario_lines() -> list[bytes]:
     """A small valid scenario the store-only lines are refused against (load it with backfill=True).
 
-    Pool `panzhihua` with its six policy components, hospitals H001 (3A) and H002 (2A), the
-    2020 budget, two cases of H001 and one of H002, an upcoding verdict on C1 and a prepayment.
+    Pool `panzhihua` with its shipped policy versions (as every generated file holds them, so
+    the store-only lines are refused against a generated file too), hospitals H001 (3A) and
+    H002 (2A), the 2020 budget, two cases of H001 and one of H002, an upcoding verdict on C1
+    and a prepayment.
     """
-    envs = [policy(component) for component in DEFAULT_BODIES]
-    envs += [hospital("H001"), hospital("H002", grade="2A"), budget()]
-    envs += [case("C1"), case("C2", total_cost="9500.00", drg_code="GB21"),
-             case("C3", hospital_id="H002", total_cost="12000.00", drg_code="GB21")]
+    shipped = SHIPPED.read_bytes().splitlines()
+    envs = [hospital("H001"), hospital("H002", grade="2A"), budget()]
+    envs += [case("C1"), case("C2", total_cost="9063.00", drg_code="BR23"),
+             case("C3", hospital_id="H002", total_cost="12000.00", drg_code="BR23")]
     envs += [verdict("C1", outcome="violation", violation_type="upcoding", violating_points="10"),
              prepayment("5000.00")]
-    return [_dump(e) for e in envs]
+    return shipped + [_dump(e) for e in envs]
 
 
 def spread(valid: list[bytes], hostile: list[bytes], seed: int = 0) -> list[bytes]:
@@ -305,6 +320,7 @@ def spread(valid: list[bytes], hostile: list[bytes], seed: int = 0) -> list[byte
 # --------------------------------------------------------------------------- hypothesis
 
 VALID_ENVELOPES: list[dict[str, Any]] = [json.loads(line) for line in scenario_lines()] + [
+    policy(component) for component in DEFAULT_BODIES] + [
     withdrawal("C2"),
     verdict("C3", outcome="special_review_approved", unreasonable_cost="100.00"),
     case("C4", personal_paid="100.00", diagnosis_codes=["I10.x00", "E11.900"], bilateral=True,

@@ -37,6 +37,7 @@ from schemas.export import OUT
 from tests.factories import budget, case, envelope, hospital, lines, penalty, prepayment, verdict, withdrawal
 from tests.hostile import (
     HOSTILE,
+    SHIPPED_CLEARING_RULES,
     PARSE_REFUSED,
     STORE_ONLY,
     VALID_ENVELOPES,
@@ -97,7 +98,7 @@ def test_every_hostile_line_is_refused_naming_its_field(hostile: Any) -> None:
 @pytest.mark.parametrize("hostile", STORE_ONLY, ids=[x.name for x in STORE_ONLY])
 def test_store_only_lines_parse_and_are_left_to_the_store(hostile: Any) -> None:
     ev = parse_event(hostile.raw)
-    assert ev.event_id.startswith("hostile-") or ev.event_id == "his-H001-C1-r1"
+    assert ev.event_id.startswith("hostile-") or ev.event_id == SHIPPED_CLEARING_RULES
 
 
 def test_the_ledger_written_lines_of_the_corpus_are_ledger_written_types() -> None:
@@ -107,8 +108,11 @@ def test_the_ledger_written_lines_of_the_corpus_are_ledger_written_types() -> No
 
 def test_the_scenario_is_valid_and_spread_keeps_its_order() -> None:
     valid = scenario_lines()
-    assert [parse_event(v).event_id for v in valid][:2] == ["policy-panzhihua-drg_table-2020",
-                                                             "policy-panzhihua-coefficients-2020"]
+    ids = [parse_event(v).event_id for v in valid]
+    assert SHIPPED_CLEARING_RULES in ids and "his-H001-C1-r1" in ids and len(set(ids)) == len(ids)
+    other = next(x for x in STORE_ONLY if x.name == "same_event_id_other_content")
+    assert canonical_json(parse_event(other.raw)) != canonical_json(
+        parse_event(next(v for v in valid if SHIPPED_CLEARING_RULES.encode() in v)))
     mixed = spread(valid, hostile_lines(), seed=7)
     assert mixed == spread(valid, hostile_lines(), seed=7)
     assert [m for m in mixed if m in set(valid)] == valid and len(mixed) == len(valid) + len(HOSTILE)

@@ -38,3 +38,10 @@ def test_every_hostile_line_is_refused_by_the_store_on_its_field_and_the_scenari
 
     assert (again.accepted, again.duplicates, len(again.rejected)) == (0, len(valid), len(HOSTILE))
     assert len(store.dead_letters(limit=1000)) == len(HOSTILE)  # kept once per (origin, sha256)
+
+
+def test_str_lines_with_a_lone_surrogate_are_refused_not_raised(store: LedgerStore) -> None:
+    report = store.ingest(['{"event_id": "\ud800"}', "\udfff"], origin="python")
+
+    assert [(r.line, r.field) for r in report.rejected] == [(1, ""), (2, "")]
+    assert all("not UTF-8" in r.reason for r in report.rejected)

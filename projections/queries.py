@@ -6,6 +6,7 @@ the pure core in `ledger/`. `cold=True` reads the journal itself instead of the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -33,11 +34,25 @@ def pool_year_events(store: LedgerStore, pool: str, year: int, known_at: datetim
 
 
 def clear_pool(
-    store: LedgerStore, pool: str, year: int, known_at: datetime | None = None, *, record: bool = False, cold: bool = False
+    store: LedgerStore,
+    pool: str,
+    year: int,
+    known_at: datetime | None = None,
+    *,
+    record: bool = False,
+    cold: bool = False,
+    extra_events: Sequence[Any] = (),
 ) -> Clearing:
-    """Year-end clearing (RULES.md 5); with `record`, append a `ClearingCompleted` (RULES.md 6)."""
+    """Year-end clearing (RULES.md 5); with `record`, append a `ClearingCompleted` (RULES.md 6).
+
+    `extra_events` are settled with the store's and never written (a what-if draft,
+    projections/whatif.py): a clearing that includes them cannot be recorded.
+    """
+    if record and extra_events:
+        raise ValueError("a clearing with events that are not in the ledger (a what-if) cannot be recorded")
     known_at = known_at or now()
-    result = clearing(settle(pool_year_events(store, pool, year, known_at, cold=cold), pool, year, known_at))
+    events = pool_year_events(store, pool, year, known_at, cold=cold) + list(extra_events)
+    result = clearing(settle(events, pool, year, known_at))
     if record:
         stamp = now()
         completed = ENVELOPES["ClearingCompleted"](
@@ -59,16 +74,21 @@ def hospital_pool(store: LedgerStore, hospital_id: str) -> str:
     return pool
 
 
-def hospital_balance(store: LedgerStore, hospital_id: str, as_of: date, known_at: datetime | None = None) -> Balance:
-    """A hospital's balance at a date as known at a moment (RULES.md 6)."""
+def hospital_balance(
+    store: LedgerStore, hospital_id: str, as_of: date, known_at: datetime | None = None, *, extra_events: Sequence[Any] = ()
+) -> Balance:
+    """A hospital's balance at a date as known at a moment (RULES.md 6); `extra_events` as for `clear_pool`."""
     known_at = known_at or now()
     pool = hospital_pool(store, hospital_id)
-    py = settle(pool_year_events(store, pool, as_of.year, known_at), pool, as_of.year, known_at)
+    events = pool_year_events(store, pool, as_of.year, known_at) + list(extra_events)
+    py = settle(events, pool, as_of.year, known_at)
     return balance(py, hospital_id, as_of)
 
 
-def explain_case(store: LedgerStore, case_id: str, known_at: datetime | None = None) -> dict[str, Any]:
-    """A case's points step by step (EVENTS.md `explain`)."""
+def explain_case(
+    store: LedgerStore, case_id: str, known_at: datetime | None = None, *, extra_events: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """A case's points step by step (EVENTS.md `explain`); `extra_events` as for `clear_pool`."""
     known_at = known_at or now()
     own = store.load(case_ids=[case_id], known_at=known_at)
     submissions = [e for e in own if e.event_type == "CaseSubmitted" and e.payload.case_id == case_id]
@@ -79,6 +99,6 @@ def explain_case(store: LedgerStore, case_id: str, known_at: datetime | None = N
     years = {e.payload.discharge_date.year for e in submissions}
     events = {e.event_id: e for y in years for e in store.load(pool=pool, year=y, known_at=known_at)}
     try:
-        return explain(list(events.values()), case_id, known_at)
+        return explain([*events.values(), *extra_events], case_id, known_at)
     except UnknownCase as exc:
         raise NotFound(str(exc)) from None

@@ -340,11 +340,7 @@ class LedgerStore:
             if not data.strip():
                 continue
             try:
-                ev = parse_event(data)
-                if ev.event_type in LEDGER_WRITTEN:
-                    raise InvalidEvent(
-                        "event_type", f"{ev.event_type} is written by the ledger, refused from {ev.source}", ev.event_id
-                    )
+                ev = _parse_inbound(data)
             except InvalidEvent as exc:
                 refused.append((line, data, exc))
             else:
@@ -369,6 +365,37 @@ class LedgerStore:
         stamp: datetime,
         report: IngestReport,
     ) -> None:
+        accepted = self._screen_batch(parsed, refused, stamp, report)
+        # Dead letters first: a crash after them and before the journal write loses nothing.
+        self._dead_letter(refused, origin, stamp, report)
+        done, conflicts = self._append(accepted)
+        # Conflicts: a concurrent writer journalled the same event_id after our lookup.
+        late: list[tuple[int, bytes, InvalidEvent]] = []
+        if conflicts:
+            stored = self._stored_hashes(e.event.event_id for e in conflicts)
+            for e in conflicts:
+                eid = e.event.event_id
+                if eid in stored and self._same_as_stored(eid, e.submitted_hash, stored[eid]):
+                    report.duplicates += 1
+                else:
+                    late.append((e.line, e.raw, _other_content(eid)))
+            self._dead_letter(late, origin, stamp, report)
+        report.accepted += len(done)
+        if done:
+            self.after_append([e.event for e in done])
+
+    def _screen_batch(
+        self,
+        parsed: list[tuple[int, bytes, Envelope]],
+        refused: list[tuple[int, bytes, InvalidEvent]],
+        stamp: datetime,
+        report: IngestReport,
+    ) -> list[_Entry]:
+        """The acceptance rules of `ingest` for one batch, writing nothing: the entries to journal.
+
+        Refusals are added to `refused`, duplicates counted in `report` (EVENTS.md "Envelope",
+        "Order of arrival"; RULES.md 1: pools never mix).
+        """
         self.sync_index()  # the duplicate lookup and the hospital check read the index
         stored = self._stored_hashes(ev.event_id for _, _, ev in parsed)
         registered = dict(self._pools)
@@ -399,23 +426,45 @@ class LedgerStore:
             accepted.append(entry)
             if ev.event_type == "HospitalRegistered":
                 registered[ev.payload.hospital_id] = ev.payload.pool
-        # Dead letters first: a crash after them and before the journal write loses nothing.
-        self._dead_letter(refused, origin, stamp, report)
-        done, conflicts = self._append(accepted)
-        # Conflicts: a concurrent writer journalled the same event_id after our lookup.
-        late: list[tuple[int, bytes, InvalidEvent]] = []
-        if conflicts:
-            stored = self._stored_hashes(e.event.event_id for e in conflicts)
-            for e in conflicts:
-                eid = e.event.event_id
-                if eid in stored and self._same_as_stored(eid, e.submitted_hash, stored[eid]):
-                    report.duplicates += 1
-                else:
-                    late.append((e.line, e.raw, _other_content(eid)))
-            self._dead_letter(late, origin, stamp, report)
-        report.accepted += len(done)
-        if done:
-            self.after_append([e.event for e in done])
+        return accepted
+
+    def screen(
+        self,
+        raws: Iterable[bytes | str],
+        *,
+        first_line: int = 1,
+        now: datetime | None = None,
+        recorded_at: datetime | None = None,
+        backfill: bool = False,
+    ) -> tuple[list[tuple[int, Envelope]], IngestReport]:
+        """What `ingest` would do with `raws`, journalling and dead-lettering nothing.
+
+        The same parse and acceptance rules as `ingest`, in one batch; returns the events it
+        would append, with their line numbers, and the report (`accepted`, `duplicates`,
+        `rejected`). `recorded_at` replaces every event's own (a what-if draft is applied as
+        if recorded at that moment: projections/whatif.py).
+        """
+        stamp = _utc(now) if now is not None else datetime.now(UTC)
+        report = IngestReport()
+        parsed: list[tuple[int, bytes, Envelope]] = []
+        refused: list[tuple[int, bytes, InvalidEvent]] = []
+        for line, raw in enumerate(raws, start=first_line):
+            data = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+            if not data.strip():
+                continue
+            try:
+                ev = _parse_inbound(data)
+            except InvalidEvent as exc:
+                refused.append((line, data, exc))
+                continue
+            if recorded_at is not None:
+                ev = ev.model_copy(update={"recorded_at": recorded_at})
+            parsed.append((line, data, ev))
+        accepted = self._screen_batch(parsed, refused, stamp, report)
+        report.accepted = len(accepted)
+        report.rejected.extend(Rejection(line, exc.event_id, exc.field, exc.reason) for line, _, exc in refused)
+        report.rejected.sort(key=lambda r: r.line)
+        return [(e.line, e.event) for e in accepted], report
 
     def after_append(self, new_events: list[Envelope]) -> None:
         """Called after each ingested batch with the events it added: derives penalties.
@@ -850,6 +899,14 @@ def _entry(
         event_id=ev.event_id, event_type=ev.event_type, envelope=body, content_hash=submitted_hash
     )
     return _Entry(ev, body, submitted_hash, recorded_hash, recorded, line, raw)
+
+
+def _parse_inbound(data: bytes) -> Envelope:
+    """One inbound line parsed; ledger-written types are refused from outside (EVENTS.md "Payloads")."""
+    ev = parse_event(data)
+    if ev.event_type in LEDGER_WRITTEN:
+        raise InvalidEvent("event_type", f"{ev.event_type} is written by the ledger, refused from {ev.source}", ev.event_id)
+    return ev
 
 
 def _parse_stored(event_type: str, body: str) -> Envelope:

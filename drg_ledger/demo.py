@@ -45,6 +45,8 @@ BEFORE = datetime(2021, 5, 10, 23, 59, 59, tzinfo=BEIJING)
 """Known before the catalogue was issued (seed 000, 2021-05-11), after the January declarations."""
 AFTER = datetime(2021, 5, 12, 0, 0, 0, tzinfo=BEIJING)
 """Known after the catalogue was issued."""
+WHAT_IF_AT = datetime(2021, 6, 1, 0, 0, 0, tzinfo=BEIJING)
+"""The what-if is asked as known at this moment, after the recorded clearing (deterministic)."""
 BALANCE_AS_OF = date(2020, 6, 30)
 TERTIARY = ("3A", "3B")
 GRADE_ORDER = ("3A", "3B", "2A", "2B", "1")
@@ -387,7 +389,7 @@ def _diff_and_what_if(
     console: Console, quiet: bool,
 ) -> None:
     """The diff of the two clearings, hospital by hospital, and the recorded clearing against
-    a what-if of the draft catalogue (`catalogue_draft`) as known now."""
+    a what-if of the draft catalogue (`catalogue_draft`) as known at `WHAT_IF_AT`."""
     from projections.diff import SideSpec, diff_pool_year
     from projections.whatif import load_draft
 
@@ -395,7 +397,7 @@ def _diff_and_what_if(
         Side("moment", moment_label(BEFORE), clearing(before_py), before_py),
         Side("moment", moment_label(AFTER), clearing(after_py), after_py),
     )
-    draft = load_draft(store, catalogue_draft(), datetime.now(timezone.utc), name="draft-catalogue-3A+0.1.jsonl", pool=POOL)
+    draft = load_draft(store, catalogue_draft(), WHAT_IF_AT, name="draft-catalogue-3A+0.1.jsonl", pool=POOL)
     what_if = diff_pool_year(store, POOL, YEAR, SideSpec(clearing_id=recorded_id), SideSpec(draft=draft))
     result["diff"] = before_after.as_json()
     result["what_if"] = what_if.as_json()
@@ -407,6 +409,6 @@ def _diff_and_what_if(
     render_diff(console, before_after, limit=MAX_HOSPITAL_ROWS)
     console.print(Panel(Text.from_markup(
         f"[bold]What if[/]: the 2020 clearing under a draft catalogue raising every 3A coefficient by {DRAFT_RAISE_3A} "
-        f"(draft sha256 {draft.sha256[:12]}, applied as known now, never recorded), against the recorded clearing "
+        f"(draft sha256 {draft.sha256[:12]}, applied as known at {WHAT_IF_AT.isoformat()}, never recorded), against the recorded clearing "
         f"(drg-ledger diff --from-clearing ID --to-what-if DRAFT.jsonl)"), border_style="yellow"))
     render_diff(console, what_if, limit=MAX_HOSPITAL_ROWS)

@@ -210,7 +210,10 @@ def diff_clearings(before: Side, after: Side, *, cases: bool = False, hospital_i
             "fund_due": Change(ha.fund_due if ha else None, hb.fund_due if hb else None),
             "clearing_amount": Change(ha.clearing_amount if ha else None, hb.clearing_amount if hb else None),
         }
-        if (ha is None) != (hb is None) or any(c.change != 0 for c in figures.values()):
+        # Listed when its points or its money moved; the point value alone moves for every
+        # hospital, including those with no case on either side.
+        moved = any(figures[k].change != 0 for k in ("net_points", "fund_due", "clearing_amount"))
+        if (ha is None) != (hb is None) or moved:
             changed.append(HospitalChange(hid, figures))
         else:
             unchanged += 1

@@ -9,6 +9,9 @@ other hospital's money falls with it (RULES.md 5: PV = (B + personal) / TP).
 `run_demo(store, ...)` generates a synthetic year (drg_ledger.generate), ingests it,
 clears the year as known at both moments, records the second clearing as a
 `ClearingCompleted`, and shows one hospital's mid-year balance as known at each moment.
+It ends with the diff of the two clearings, hospital by hospital (ledger/diff.py), and a
+what-if: the recorded clearing against the year under a draft catalogue that raises every
+3A coefficient by 0.1 (projections/whatif.py), never recorded.
 """
 
 from __future__ import annotations

@@ -248,6 +248,8 @@ def _steps(d: dict[str, Any] | None) -> dict[str, Any]:
     """The comparable steps of an `explain` description (None: the case is not on that side)."""
     if d is None:
         return {"case": None}
+    if d["withdrawn"]:
+        return {"case": {k: d[k] for k in _CASE_KEYS}, "withdrawn": d["withdrawal"]}
     coefficient = d.get("coefficient")
     catalogue: dict[str, Any] = {"matched": False}
     if coefficient is not None and coefficient["why"].startswith("high_tech_catalogue"):
@@ -257,11 +259,11 @@ def _steps(d: dict[str, Any] | None) -> dict[str, Any]:
                      "event_id": cite.get("event_id")}
     return {
         "case": {k: d[k] for k in _CASE_KEYS},
-        "withdrawn": d.get("withdrawal") if d["withdrawn"] else False,
+        "withdrawn": False,
         "policy_versions": {k: {"version": v["version"], "event_id": v["event_id"]}
                             for k, v in d.get("policy_versions", {}).items()},
         "case_type": {"case_type": d["case_type"], "clause": d["case_type_clause"]} if "case_type" in d else None,
-        "catalogue": catalogue if not d["withdrawn"] else None,
+        "catalogue": catalogue,
         "coefficient": ({"value": coefficient["value"], "why": coefficient["why"], "clause": coefficient["clause"],
                          "event_id": coefficient["from"].get("event_id"), "row": coefficient["from"].get("row")}
                         if coefficient is not None else None),
@@ -303,9 +305,12 @@ def case_changes(before: PoolYear, after: PoolYear, hospital_id: str | None = No
         if hospital_id is not None and hid != hospital_id:
             continue
         sa, sb = _steps(da), _steps(db)
+        # A case withdrawn or unknown on one side is not priced there: only its submission
+        # and withdrawal compare.
+        names = (sa.keys() & sb.keys()) | {"case"}
         steps = [
             {"step": name, "from": sa.get(name), "to": sb.get(name), "clause": _clause(name, sa.get(name), sb.get(name))}
-            for name in sb.keys() | sa.keys()
+            for name in names
             if sa.get(name) != sb.get(name)
         ]
         steps.sort(key=lambda s: STEP_ORDER.index(s["step"]))

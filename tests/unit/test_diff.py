@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from ledger.clearing import ClearingError, clearing, settle
 from ledger.diff import Side, case_table, diff_clearings, hospital_table, recorded_clearing, roundings
-from tests.unit.rules_world import NOW, POOL, at, base_policies, budget, case, hospitals, prepayment, verdict
+from tests.unit.rules_world import NOW, POOL, at, base_policies, budget, case, ev, hospitals, prepayment, verdict
 
 BEFORE = at("2021-05-10T00:00:00+08:00")  # the catalogue (recorded 2021-05-11) is not known yet
 AFTER = at("2021-05-12T00:00:00+08:00")
@@ -73,6 +73,24 @@ def test_a_verdict_shows_as_the_step_that_made_the_difference() -> None:
     assert (c2.points["settled_points"].change, c2.points["deducted_points"].change) == (Decimal("-5.0000"), Decimal("20"))
     assert [s["step"] for s in c2.steps] == ["verdict", "penalty"]
     assert c2.steps[1]["clause"] and "第十八条" in c2.steps[1]["clause"]
+
+
+def test_a_withdrawal_and_a_revision_show_as_case_steps() -> None:
+    # c2 withdrawn on 2021-06-01 (105 -> 0); c1 revised to cost 50,000 (r = 2.5 > H = 2: high ratio,
+    # 200 x 1.6 + 200 x (2.5 - 2) = 420) on the same day.
+    later = "2021-06-01T00:00:00+08:00"
+    events = [*world(), ev("CaseWithdrawn", {"case_id": "c2", "hospital_id": "H2", "reason": "entered in error"},
+                           recorded_at=later, source="his:H2"),
+              case("c1", "H1", "B1", "50000", revision=2, procedures=["04.0200x005"], recorded_at=later)]
+    d = diff_clearings(side(events, AFTER), side(events, NOW), cases=True)
+    by_id = {c.case_id: c for c in d.cases or []}
+    assert by_id["c2"].points["net_points"].after == 0 and [s["step"] for s in by_id["c2"].steps] == ["withdrawn"]
+    assert by_id["c2"].steps[0]["to"]["reason"] == "entered in error" and by_id["c2"].steps[0]["from"] is False
+    c1 = by_id["c1"]
+    assert (c1.points["net_points"].before, c1.points["net_points"].after) == (Decimal("320.0000"), Decimal("420.0000"))
+    assert [s["step"] for s in c1.steps] == ["case", "case_type"]
+    assert (c1.steps[1]["from"]["case_type"], c1.steps[1]["to"]["case_type"]) == ("normal", "high_ratio")
+    assert c1.steps[1]["clause"].startswith("RULES.md 3 case type 3")
 
 
 def test_a_clearing_diffed_with_itself_is_empty() -> None:

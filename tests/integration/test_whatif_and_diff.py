@@ -313,6 +313,9 @@ def test_the_diff_of_two_moments_by_hospital_and_case(loaded: str) -> None:
     shown = run(loaded, "diff", "--pool", "panzhihua", "--year", "2020", "--from-known-at", BEFORE, "--to-known-at",
                 AFTER, "--cases", as_json=False)
     assert shown.exit_code == 0 and "catalogue: no row -> row" in shown.stdout, shown.output
+    short = run(loaded, "diff", "--pool", "panzhihua", "--year", "2020", "--from-known-at", BEFORE, "--to-known-at",
+                AFTER, "--limit", "1", as_json=False)
+    assert short.exit_code == 0 and "tables show 1 rows each" in short.stdout, short.output
 
 
 def recorded_clearing_id(url: str, known_at: str) -> str:

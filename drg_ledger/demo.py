@@ -412,6 +412,7 @@ def _diff_and_what_if(
     render_diff(console, before_after, limit=MAX_HOSPITAL_ROWS)
     console.print(Panel(Text.from_markup(
         f"[bold]What if[/]: the 2020 clearing under a draft catalogue raising every 3A coefficient by {DRAFT_RAISE_3A} "
-        f"(draft sha256 {draft.sha256[:12]}, applied as known at {WHAT_IF_AT.isoformat()}, never recorded), against the recorded clearing "
+        f"(draft sha256 {draft.sha256[:12]}, applied as known at {WHAT_IF_AT.isoformat()}, never recorded), "
+        "against the recorded clearing "
         f"(drg-ledger diff --from-clearing ID --to-what-if DRAFT.jsonl)"), border_style="yellow"))
     render_diff(console, what_if, limit=MAX_HOSPITAL_ROWS)

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 
 
 def _signed(change: str) -> Text:
-    style = "green" if not change.startswith("-") and change.strip("0.") else ("red" if change.startswith("-") else "dim")
-    return Text(change, style=style)
+    if change.startswith("-"):
+        return Text(change, style="red")
+    return Text(change, style="green" if change.strip("0.") else "dim")
 
 
 def _num(x: str | None) -> str:
@@ -40,7 +41,8 @@ def step_text(step: dict[str, Any]) -> str:
         if name == "case_type":
             return str(v["case_type"])
         if name == "verdict":
-            return " ".join(str(v[k]) for k in ("outcome", "violation_type", "violating_points") if v.get(k) is not None)
+            shown = ("outcome", "violation_type", "violating_points")
+            return " ".join(str(v[k]) for k in shown if v.get(k) is not None)
         if name == "penalty":
             return f"-{v['deducted_points']} (k {v['multiplier']})"
         if name == "case":

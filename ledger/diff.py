@@ -238,7 +238,9 @@ STEP_CLAUSES = {
 """Clauses of the steps that carry none of their own (case type, coefficient and penalty
 cite theirs, as `explain` shows them)."""
 
-STEP_ORDER = ("case", "withdrawn", "policy_versions", "case_type", "catalogue", "coefficient", "verdict", "penalty", "notes")
+STEP_ORDER = (
+    "case", "withdrawn", "policy_versions", "case_type", "catalogue", "coefficient", "verdict", "penalty", "notes",
+)
 """The steps of `explain`, in the order a case is priced (RULES.md 3, then 4)."""
 
 _CASE_KEYS = ("revision", "event_id", "discharge_date", "drg_code", "total_cost", "procedure_codes")
@@ -309,7 +311,8 @@ def case_changes(before: PoolYear, after: PoolYear, hospital_id: str | None = No
         # and withdrawal compare.
         names = (sa.keys() & sb.keys()) | {"case"}
         steps = [
-            {"step": name, "from": sa.get(name), "to": sb.get(name), "clause": _clause(name, sa.get(name), sb.get(name))}
+            {"step": name, "from": sa.get(name), "to": sb.get(name),
+             "clause": _clause(name, sa.get(name), sb.get(name))}
             for name in names
             if sa.get(name) != sb.get(name)
         ]

@@ -24,7 +24,7 @@ class UnknownCase(LookupError):
 
 
 COEFFICIENT_CLAUSES = {
-    "coefficient_change:hospital+drg": "RULES.md 3 coefficient step 1 (CoefficientChanged for the hospital and DRG code)",
+    "coefficient_change:hospital+drg": "RULES.md 3 coefficient step 1 (CoefficientChanged for hospital and DRG code)",
     "high_tech_catalogue": "seed 000 三(三); RULES.md 3 coefficient step 2 (high-tech catalogue row matched)",
     "coefficient_change:drg+grade": "RULES.md 3 coefficient step 3 (CoefficientChanged for the DRG code and grade)",
     "coefficient_change:hospital": "seed 000 四; RULES.md 3 coefficient step 4 (CoefficientChanged for the hospital)",
@@ -123,7 +123,8 @@ def describe(py: PoolYear, case_id: str) -> dict[str, Any]:
         out["ratio"] = str(round_points(sc.priced.ratio))
     if sc.priced.coefficient is not None:
         c = sc.priced.coefficient
-        out["coefficient"] = {"value": str(c.value), "why": c.source, "from": c.cite, "clause": coefficient_clause(c.source)}
+        out["coefficient"] = {"value": str(c.value), "why": c.source, "from": c.cite,
+                              "clause": coefficient_clause(c.source)}
     if sc.incentive_over_cap:
         cap = py.incentive_caps.get(case.hospital_id)
         out["notes"].append(f"incentive approval beyond the hospital's yearly cap of {cap}: paid as ordinary (seed 001 二(二))")

@@ -79,7 +79,9 @@ def diff_pool_year(
     return diff_clearings(sides[0], sides[1], cases=cases, hospital_id=hospital_id)
 
 
-def _side(spec: SideSpec, completed: Any, known_at: datetime, events: list[Any], pool: str, year: int, cases: bool) -> Side:
+def _side(
+    spec: SideSpec, completed: Any, known_at: datetime, events: list[Any], pool: str, year: int, cases: bool
+) -> Side:
     if completed is not None:
         inside = (
             PolicyBook.from_events(pool, events, known_at)

@@ -75,7 +75,12 @@ def hospital_pool(store: LedgerStore, hospital_id: str) -> str:
 
 
 def hospital_balance(
-    store: LedgerStore, hospital_id: str, as_of: date, known_at: datetime | None = None, *, extra_events: Sequence[Any] = ()
+    store: LedgerStore,
+    hospital_id: str,
+    as_of: date,
+    known_at: datetime | None = None,
+    *,
+    extra_events: Sequence[Any] = (),
 ) -> Balance:
     """A hospital's balance at a date as known at a moment (RULES.md 6); `extra_events` as for `clear_pool`."""
     known_at = known_at or now()

@@ -905,7 +905,9 @@ def _parse_inbound(data: bytes) -> Envelope:
     """One inbound line parsed; ledger-written types are refused from outside (EVENTS.md "Payloads")."""
     ev = parse_event(data)
     if ev.event_type in LEDGER_WRITTEN:
-        raise InvalidEvent("event_type", f"{ev.event_type} is written by the ledger, refused from {ev.source}", ev.event_id)
+        raise InvalidEvent(
+            "event_type", f"{ev.event_type} is written by the ledger, refused from {ev.source}", ev.event_id
+        )
     return ev
 
 

@@ -23,9 +23,17 @@ from typer.testing import CliRunner
 from drg_ledger.cli import app
 from drg_ledger.policy_files import POLICIES
 from ledger.clearing import ClearingError
+from ledger.events import parse_event
 from projections.queries import clear_pool, explain_case, hospital_balance
 from projections.store import LedgerStore
-from projections.whatif import load_draft, what_if_balance, what_if_clearing, what_if_explain
+from projections.whatif import (
+    DraftRejected,
+    draft_from_events,
+    load_draft,
+    what_if_balance,
+    what_if_clearing,
+    what_if_explain,
+)
 from tests import factories as f
 from tests.conftest import fresh_database
 
@@ -226,6 +234,21 @@ def test_what_ifs_leave_the_journal_and_every_table_unchanged(loaded: str, tmp_p
     data(run(loaded, "diff", "--pool", "panzhihua", "--year", "2020", "--from-known-at", LATER, "--to-what-if",
              str(draft), "--cases"))
     assert snapshot(loaded) == before
+
+
+def test_a_draft_built_in_memory_is_screened_like_a_file(loaded: str) -> None:
+    """A service or the policy workbench hands envelopes, not a file: same screening, same result."""
+    envelopes = [catalogue_draft("0.2"), f.budget("210000", event_id="draft-budget")]
+    known_at = datetime.fromisoformat(LATER)
+    with LedgerStore.open(loaded) as store:
+        from_file = load_draft(store, jsonl(*envelopes), known_at)
+        in_memory = draft_from_events(store, [parse_event(e) for e in envelopes], known_at)
+        assert in_memory.events == from_file.events and in_memory.event_ids == ["draft-catalogue-3a", "draft-budget"]
+        assert (what_if_clearing(store, "panzhihua", 2020, in_memory).result
+                == what_if_clearing(store, "panzhihua", 2020, from_file).result)
+        with pytest.raises(DraftRejected) as refused:
+            draft_from_events(store, [parse_event(f.case("C9", hospital_id="H001"))], known_at)
+        assert refused.value.report.rejected[0].field == "event_type"
 
 
 # --------------------------------------------------------------------------- the property

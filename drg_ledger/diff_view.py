@@ -16,9 +16,8 @@ if TYPE_CHECKING:
 
 
 def _signed(change: str) -> Text:
-    if change.startswith("-"):
-        return Text(change, style="red")
-    return Text(change, style="green" if change.strip("0.") else "dim")
+    x = Decimal(change)
+    return Text(f"{x:+,}" if x else f"{x:,}", style="green" if x > 0 else ("red" if x < 0 else "dim"))
 
 
 def _num(x: str | None) -> str:

@@ -529,7 +529,8 @@ def _what_if_title(marked: Any) -> str:
     if marked is None:
         return ""
     d = marked.draft
-    return f"WHAT-IF {d.name} (sha256 {d.sha256[:12]}, {len(d.events)} events, never recorded): "
+    ids = ", ".join(d.event_ids[:5]) + (f" and {len(d.event_ids) - 5} more" if len(d.event_ids) > 5 else "")
+    return f"WHAT-IF {d.name} (sha256 {d.sha256}; {len(d.events)} events: {ids or 'none'}; never recorded): "
 
 
 def _side_spec(store: Any, which: str, known_at: str | None, clearing_id: str | None, draft: Path | None,

@@ -172,6 +172,8 @@ def test_a_draft_catalogue_changes_clear_balance_and_explain_and_is_marked(loade
                  ["balance", "--hospital", "H001", "--as-of", "2020-06-30"]):
         shown = run(loaded, *args, "--known-at", LATER, "--what-if", str(draft), as_json=False)
         assert shown.exit_code == 0 and "WHAT-IF catalogue.jsonl" in shown.stdout, shown.output
+        flat = "".join(shown.stdout.split())  # the title may wrap
+        assert marker["sha256"] in flat and "draft-catalogue-3a" in flat
 
 
 def test_a_refused_draft_names_line_and_field_and_applies_nothing(loaded: str, tmp_path: Path) -> None:

@@ -55,7 +55,8 @@ def load_draft(
     for line, event in accepted:
         refusal = draft_refusal(event, pool)
         if refusal is None:
-            events.append(event)
+            # Screening stamps `ingested_at` as ingest would; a draft event is never ingested.
+            events.append(event.model_copy(update={"ingested_at": None}) if hasattr(event, "ingested_at") else event)
         else:
             report.rejected.append(Rejection(line, refusal.event_id, refusal.field, refusal.reason))
     if report.rejected:

@@ -211,6 +211,22 @@ def test_a_refused_draft_names_line_and_field_and_applies_nothing(loaded: str, t
     assert snapshot(loaded) == before  # no dead letter either: the draft is not input to the ledger
 
 
+def test_a_draft_inside_a_seal_or_in_the_future_is_refused_like_a_late_event(loaded: str, tmp_path: Path) -> None:
+    """A recorded clearing seals its pool-year up to its known_at (EVENTS.md): a draft asked as
+    known at or before that moment would rewrite what the clearing relied on, as a backfill would."""
+    recorded_clearing_id(loaded, AFTER)
+    draft = write(tmp_path, "d.jsonl", jsonl(f.budget("250000", event_id="draft-budget")))
+    sealed = run(loaded, "clear", "--pool", "panzhihua", "--year", "2020", "--known-at", BEFORE, "--what-if", str(draft))
+    assert sealed.exit_code == 1
+    (reason,) = [r["reason"] for r in json.loads(sealed.stdout)["rejected"]]
+    assert reason.startswith("recorded_at:") and "seal" in reason
+    assert data(run(loaded, "clear", "--pool", "panzhihua", "--year", "2020", "--known-at", LATER, "--what-if",
+                    str(draft)))["budget"] == "250000"
+    future = run(loaded, "clear", "--pool", "panzhihua", "--year", "2020", "--known-at", "2099-01-01", "--what-if",
+                 str(draft))
+    assert future.exit_code == 1 and "in the future" in json.loads(future.stdout)["rejected"][0]["reason"]
+
+
 def test_a_what_if_is_never_recorded_nor_warm(loaded: str, tmp_path: Path) -> None:
     draft = write(tmp_path, "d.jsonl", jsonl(f.budget("250000", event_id="draft-budget")))
     assert run(loaded, "clear", "--pool", "panzhihua", "--year", "2020", "--what-if", str(draft), "--record").exit_code == 2

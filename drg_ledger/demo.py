@@ -362,7 +362,7 @@ def catalogue_draft(raise_3a: Decimal = DRAFT_RAISE_3A) -> bytes:
     rows = [{**row, "coef_3a": str(Decimal(str(row["coef_3a"])) + raise_3a)} for row in payload["body"]["rows"]]
     draft = {
         **shipped,
-        "event_id": f"draft:{CATALOGUE_EVENT_ID}:3A+{raise_3a}",
+        "event_id": f"draft:{CATALOGUE_EVENT_ID}:3A-plus-{raise_3a}",
         "payload": {**payload, "version": f"{payload['version']}-draft-3A+{raise_3a}",
                     "note": f"draft for comment: every 3A coefficient of {payload['version']} raised by {raise_3a}",
                     "body": {**payload["body"], "rows": rows}},

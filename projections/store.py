@@ -452,7 +452,7 @@ class LedgerStore:
         consumed = 0
         for consumed, raw in enumerate(raws, start=1):
             line = first_line + consumed - 1
-            data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else bytes(raw)
+            data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
             if not data.strip():
                 continue
             try:
@@ -582,7 +582,7 @@ class LedgerStore:
         stamp = _utc(now) if now is not None else datetime.now(UTC)
         if recorded_at is not None:
             _utc(recorded_at)  # refuses a naive moment; the events keep the zone they are given
-        lines = [r.encode("utf-8", "surrogateescape") if isinstance(r, str) else bytes(r) for r in raws]
+        lines = [r.encode("utf-8", "surrogatepass") if isinstance(r, str) else bytes(r) for r in raws]
         load = Backfill(default_run_by(), hashlib.sha256(b"\n".join(lines)).hexdigest()) if backfill else None
         report = IngestReport()
         parsed: list[tuple[int, bytes, Envelope]] = []

@@ -441,7 +441,7 @@ def test_the_demo_ends_with_the_diff_and_a_what_if(database_url: str) -> None:
     assert sum(Decimal(h["net_points"]["change"]) for h in diff["hospitals"]) == (
         Decimal(out["after"]["total_points"]) - Decimal(out["before"]["total_points"]))
     assert what_if["from"]["kind"] == "clearing" and what_if["from"]["clearing_id"] == out["recorded"]
-    assert what_if["to"]["what_if"]["event_ids"] == ["draft:policy-panzhihua-high_tech_catalogue-2020:3A+0.1"]
+    assert what_if["to"]["what_if"]["event_ids"] == ["draft:policy-panzhihua-high_tech_catalogue-2020:3A-plus-0.1"]
     grades = {h["hospital_id"]: None for h in out["after"]["hospitals"]}
     assert grades and Decimal(what_if["pool_figures"]["total_points"]["change"]) > 0  # 3A catalogue cases earn more
     shown = run(database_url, "demo", "--cases", "400", "--hospitals", "6", "--seed", "5", as_json=False)

@@ -7,6 +7,7 @@ the pure core in `ledger/`. `cold=True` reads the journal itself instead of the 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -40,13 +41,27 @@ def pool_year_events(
 
 
 def clear_pool(
-    store: LedgerStore, pool: str, year: int, known_at: datetime | None = None, *, record: bool = False, cold: bool = False
+    store: LedgerStore,
+    pool: str,
+    year: int,
+    known_at: datetime | None = None,
+    *,
+    record: bool = False,
+    cold: bool = False,
+    extra_events: Sequence[Any] = (),
 ) -> Clearing:
     """Year-end clearing (RULES.md 5); with `record`, append a `ClearingCompleted` (RULES.md 6)
-    whose id is derived from its content, so recording the same clearing twice is one event."""
+    whose id is derived from its content, so recording the same clearing twice is one event.
+
+    `extra_events` are settled with the store's and never written (a what-if draft,
+    projections/whatif.py): a clearing that includes them cannot be recorded. The basis is
+    what was read from the ledger.
+    """
+    if record and extra_events:
+        raise ValueError("a clearing with events that are not in the ledger (a what-if) cannot be recorded")
     known_at = known_at or now()
     events, position = pool_year_events(store, pool, year, known_at, cold=cold)
-    result = replace(clearing(settle(events, pool, year, known_at)), basis=Basis.of(events, position))
+    result = replace(clearing(settle([*events, *extra_events], pool, year, known_at)), basis=Basis.of(events, position))
     if record:
         record_clearing(store, result)
     return result
@@ -74,17 +89,26 @@ def hospital_pool(store: LedgerStore, hospital_id: str) -> str:
     return pool
 
 
-def hospital_balance(store: LedgerStore, hospital_id: str, as_of: date, known_at: datetime | None = None) -> Balance:
-    """A hospital's balance at a date as known at a moment (RULES.md 6)."""
+def hospital_balance(
+    store: LedgerStore,
+    hospital_id: str,
+    as_of: date,
+    known_at: datetime | None = None,
+    *,
+    extra_events: Sequence[Any] = (),
+) -> Balance:
+    """A hospital's balance at a date as known at a moment (RULES.md 6); `extra_events` as for `clear_pool`."""
     known_at = known_at or now()
     pool = hospital_pool(store, hospital_id)
     events, position = pool_year_events(store, pool, as_of.year, known_at)
-    py = settle(events, pool, as_of.year, known_at)
+    py = settle([*events, *extra_events], pool, as_of.year, known_at)
     return replace(balance(py, hospital_id, as_of), basis=Basis.of(events, position))
 
 
-def explain_case(store: LedgerStore, case_id: str, known_at: datetime | None = None) -> dict[str, Any]:
-    """A case's points step by step (EVENTS.md `explain`)."""
+def explain_case(
+    store: LedgerStore, case_id: str, known_at: datetime | None = None, *, extra_events: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """A case's points step by step (EVENTS.md `explain`); `extra_events` as for `clear_pool`."""
     known_at = known_at or now()
     own = store.load(case_ids=[case_id], known_at=known_at)
     submissions = [e for e in own if e.event_type == "CaseSubmitted" and e.payload.case_id == case_id]
@@ -96,7 +120,7 @@ def explain_case(store: LedgerStore, case_id: str, known_at: datetime | None = N
     events = {e.event_id: e for y in years for e in store.load(pool=pool, year=y, known_at=known_at)}
     position = store.position
     try:
-        out = explain(list(events.values()), case_id, known_at)
+        out = explain([*events.values(), *extra_events], case_id, known_at)
     except UnknownCase as exc:
         raise NotFound(str(exc)) from None
     ingested_at = {e.event_id: e.ingested_at for e in submissions}

@@ -443,7 +443,7 @@ class LedgerStore:
         assert batch_size > 0
         stamp = _utc(now) if now is not None else datetime.now(UTC)
         if backfill is True:
-            raws = [r.encode("utf-8") if isinstance(r, str) else bytes(r) for r in raws]
+            raws = [r.encode("utf-8", "surrogatepass") if isinstance(r, str) else bytes(r) for r in raws]
             backfill = Backfill(run_by=default_run_by(), file_sha256=hashlib.sha256(b"\n".join(raws)).hexdigest())
         load = backfill or None
         report = IngestReport()
@@ -456,12 +456,7 @@ class LedgerStore:
             if not data.strip():
                 continue
             try:
-                ev = parse_event(data)
-                _storable({"event_id": ev.event_id})  # the duplicate lookup queries by it
-                if ev.event_type in LEDGER_WRITTEN:
-                    raise InvalidEvent(
-                        "event_type", f"{ev.event_type} is written by the ledger, refused from {ev.source}", ev.event_id
-                    )
+                ev = _parse_inbound(data)
             except InvalidEvent as exc:
                 refused.append((line, data, exc))
             except Exception as exc:  # noqa: BLE001 - a line can only ever be refused (EVENTS.md)
@@ -489,6 +484,44 @@ class LedgerStore:
         report: IngestReport,
         backfill: Backfill | None,
     ) -> None:
+        accepted = self._screen_batch(parsed, refused, stamp, report, backfill)
+        accepted, moved = self._claim_pools(accepted)
+        refused.extend(moved)
+        # Dead letters first: a crash after them and before the journal write loses nothing.
+        self._dead_letter(refused, origin, stamp, report)
+        checkpoint("dead-letters")
+        companion = None if backfill is None else (lambda chunk: _backfill_entry(backfill, chunk, origin, stamp))
+        done, conflicts = self._append(accepted, companion)
+        # Conflicts: a concurrent writer journalled the same event_id after our lookup.
+        late: list[tuple[int, bytes, InvalidEvent]] = []
+        if conflicts:
+            stored = self._stored_hashes(e.event.event_id for e in conflicts)
+            for e in conflicts:
+                eid = e.event.event_id
+                if eid in stored and self._same_as_stored(eid, e.submitted_hash, stored[eid]):
+                    report.duplicates += 1
+                else:
+                    late.append((e.line, e.raw, _other_content(eid)))
+            self._dead_letter(late, origin, stamp, report)
+        report.accepted += sum(1 for _, e in done if e.event.event_type != "HistoryBackfilled")
+        if done:
+            self.complete_derivations({nid: e.event for nid, e in done})
+            checkpoint("derivation")
+
+    def _screen_batch(
+        self,
+        parsed: list[tuple[int, bytes, Envelope]],
+        refused: list[tuple[int, bytes, InvalidEvent]],
+        stamp: datetime,
+        report: IngestReport,
+        backfill: Backfill | None,
+    ) -> list[_Entry]:
+        """The acceptance rules of `ingest` for one batch, writing nothing: the entries to journal.
+
+        Refusals are added to `refused`, duplicates counted in `report` (EVENTS.md "Envelope",
+        "Order of arrival", "Transaction time, seals and backfill", "Limits on input"; RULES.md
+        1: pools never mix, which `_claim_pools` then enforces in the database).
+        """
         self.sync_index()  # the duplicate lookup and the hospital check read the index
         stored = self._stored_hashes(ev.event_id for _, _, ev in parsed)
         registered = dict(self._pools)
@@ -527,28 +560,52 @@ class LedgerStore:
             accepted.append(entry)
             if ev.event_type == "HospitalRegistered":
                 registered[ev.payload.hospital_id] = ev.payload.pool
-        accepted, moved = self._claim_pools(accepted)
-        refused.extend(moved)
-        # Dead letters first: a crash after them and before the journal write loses nothing.
-        self._dead_letter(refused, origin, stamp, report)
-        checkpoint("dead-letters")
-        companion = None if backfill is None else (lambda chunk: _backfill_entry(backfill, chunk, origin, stamp))
-        done, conflicts = self._append(accepted, companion)
-        # Conflicts: a concurrent writer journalled the same event_id after our lookup.
-        late: list[tuple[int, bytes, InvalidEvent]] = []
-        if conflicts:
-            stored = self._stored_hashes(e.event.event_id for e in conflicts)
-            for e in conflicts:
-                eid = e.event.event_id
-                if eid in stored and self._same_as_stored(eid, e.submitted_hash, stored[eid]):
-                    report.duplicates += 1
-                else:
-                    late.append((e.line, e.raw, _other_content(eid)))
-            self._dead_letter(late, origin, stamp, report)
-        report.accepted += sum(1 for _, e in done if e.event.event_type != "HistoryBackfilled")
-        if done:
-            self.complete_derivations({nid: e.event for nid, e in done})
-            checkpoint("derivation")
+        return accepted
+
+    def screen(
+        self,
+        raws: Iterable[bytes | str],
+        *,
+        first_line: int = 1,
+        now: datetime | None = None,
+        recorded_at: datetime | None = None,
+        backfill: bool = False,
+    ) -> tuple[list[tuple[int, Envelope]], IngestReport]:
+        """What `ingest` would do with `raws`, journalling and dead-lettering nothing.
+
+        The same parse and acceptance rules as `ingest` (the window, seals and limits
+        included), in one batch; returns the events it would append, with their line
+        numbers, and the report (`accepted`, `duplicates`, `rejected`). `recorded_at`
+        replaces every event's own (a what-if draft is applied as if recorded at that
+        moment: projections/whatif.py); `backfill` as for `ingest`.
+        """
+        stamp = _utc(now) if now is not None else datetime.now(UTC)
+        if recorded_at is not None:
+            _utc(recorded_at)  # refuses a naive moment; the events keep the zone they are given
+        lines = [r.encode("utf-8", "surrogatepass") if isinstance(r, str) else bytes(r) for r in raws]
+        load = Backfill(default_run_by(), hashlib.sha256(b"\n".join(lines)).hexdigest()) if backfill else None
+        report = IngestReport()
+        parsed: list[tuple[int, bytes, Envelope]] = []
+        refused: list[tuple[int, bytes, InvalidEvent]] = []
+        for line, data in enumerate(lines, start=first_line):
+            if not data.strip():
+                continue
+            try:
+                ev = _parse_inbound(data)
+            except InvalidEvent as exc:
+                refused.append((line, data, exc))
+                continue
+            except Exception as exc:  # noqa: BLE001 - a line can only ever be refused (EVENTS.md)
+                refused.append((line, data, _unparseable(exc)))
+                continue
+            if recorded_at is not None:
+                ev = ev.model_copy(update={"recorded_at": recorded_at})
+            parsed.append((line, data, ev))
+        accepted = self._screen_batch(parsed, refused, stamp, report, load)
+        report.accepted = len(accepted)
+        report.rejected.extend(Rejection(line, exc.event_id, exc.field, exc.reason) for line, _, exc in refused)
+        report.rejected.sort(key=lambda r: r.line)
+        return [(e.line, e.event) for e in accepted], report
 
     def _refusal(
         self,
@@ -1430,6 +1487,17 @@ def _unparseable(exc: Exception) -> InvalidEvent:
 def _unrecordable(ev: Envelope, exc: Exception) -> InvalidEvent:
     """An accepted-looking event the store cannot record is refused, never half-applied."""
     return InvalidEvent("", f"cannot be recorded: {type(exc).__name__}: {str(exc)[:200]}", ev.event_id)
+
+
+def _parse_inbound(data: bytes) -> Envelope:
+    """One inbound line parsed; ledger-written types are refused from outside (EVENTS.md "Payloads")."""
+    ev = parse_event(data)
+    _storable({"event_id": ev.event_id})  # the duplicate lookup queries by it
+    if ev.event_type in LEDGER_WRITTEN:
+        raise InvalidEvent(
+            "event_type", f"{ev.event_type} is written by the ledger, refused from {ev.source}", ev.event_id
+        )
+    return ev
 
 
 def _parse_stored(event_type: str, body: str) -> Envelope:

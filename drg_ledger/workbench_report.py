@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ledger.workbench import SOURCES, Derivation, HospitalKind
@@ -90,8 +91,11 @@ def print_report(d: Derivation, console: Console) -> None:
     for title, header, rows in sections(d):
         table = Table(*header, title=title, show_lines=False)
         for row in rows:
-            table.add_row(*row)
-        console.print(table)
+            table.add_row(*(escape(cell) for cell in row))  # "[assumed]" is text, not rich markup
+        # Never squeeze a figure into "66.…": a table wider than the terminal is printed whole.
+        needed = console.measure(table, options=console.options.update_width(100_000)).maximum
+        wide = console if needed <= console.width else Console(file=console.file, width=needed)
+        wide.print(table)
     for level, hospitals in sorted(d.levels_without_history.items()):
         console.print(f"[yellow]level {level} has no case in the window: no coefficient derived for "
                       f"{', '.join(hospitals)} (their grade's value applies)[/yellow]")

@@ -181,3 +181,10 @@ def test_bad_options_exit_2_naming_the_option_and_an_empty_window_exits_4(three_
     assert bad.exit_code == 2 and "year_weights" in bad.output
     empty = run(three_years, "policy", "derive", "--pool", "panzhihua", "--years", "2015-2017", "-o", draft)
     assert empty.exit_code == 4 and "no grouped" in empty.output
+
+
+def test_policy_file_still_prints_a_shipped_file_beside_the_policy_group(tmp_path: Path) -> None:
+    shipped = runner.invoke(app, ["policy-file", "panzhihua"])
+    assert shipped.exit_code == 0 and Path(shipped.stdout.strip()).is_file()
+    assert runner.invoke(app, ["policy-file", "atlantis"]).exit_code == 3
+    assert "derive" in runner.invoke(app, ["policy", "--help"]).stdout

@@ -416,6 +416,8 @@ class Derivation:
     @property
     def window(self) -> str:
         ys = sorted(self.years)
+        if len(ys) == 1:
+            return str(ys[0])
         return f"{ys[0]}-{ys[-1]}" if ys == list(range(ys[0], ys[-1] + 1)) else ",".join(map(str, ys))
 
     def as_json(self) -> dict[str, Any]:
@@ -784,8 +786,14 @@ def _note(d: Derivation, component: Component) -> str:
         extra = "; [assumed] BP = AC_g / AC_all x 100; stable: n > 5 and CV <= 1 (seed 001 一(二))"
     elif component is Component.COEFFICIENTS:
         extra = "; seed 001 二(一): level x 0.8 + cost x 0.2, new at 0.8 x level, not below the level's lowest"
-        if d.levels_without_history:
-            extra += "; no history, no coefficient derived at level " + ", ".join(sorted(d.levels_without_history))
+        for level, hospitals in sorted(d.levels_without_history.items()):
+            named = ""
+            for n, hid in enumerate(hospitals):
+                if len(base) + len(extra) + len(named) > 440:
+                    named += f" and {len(hospitals) - n} more"
+                    break
+                named += (", " if named else "") + hid
+            extra += f"; level {level} has no history, no coefficient derived for {named} (grade's value applies)"
     else:
         extra = ("; seed 000 三(三) tiers on the grade's coefficient, 3B without case = 3A - 0.08; "
                  "[assumed] middle tier " + d.parameters.middle_tier.value + ", cap "

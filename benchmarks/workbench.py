@@ -79,7 +79,8 @@ def load(args: argparse.Namespace, years: list[int]) -> dict[str, Any]:
         path = DATA / f"{POOL}-{year}-{args.cases}c-{args.hospitals}h-s{args.seed}.jsonl"
         if not path.exists():
             log(f"generate {path.name}")
-            child([*CLI, "generate", "--cases", str(args.cases), "--hospitals", str(args.hospitals), "--year", str(year),
+            child([*CLI, "generate", "--cases", str(args.cases), "--hospitals", str(args.hospitals),
+                   "--year", str(year),
                    "--seed", str(args.seed), "--pool", POOL, "-o", str(path)])
         log(f"ingest --backfill {path.name}")
         run = child([*CLI, "ingest", "--backfill", "--json", "--database-url", args.postgres_url, str(path)])
@@ -111,7 +112,8 @@ def phases(url: str, years: list[int], draft: Path) -> dict[str, Any]:
             window.append(read_year(events, POOL, year, known_at, end))
             del events
             read = time.perf_counter()
-            timings[str(year)] = {"events": n, "load_s": round(loaded - mark, 2), "read_year_s": round(read - loaded, 2),
+            timings[str(year)] = {"events": n, "load_s": round(loaded - mark, 2),
+                                  "read_year_s": round(read - loaded, 2),
                                   "cases_used": len(window[-1].cases)}
             mark = time.perf_counter()
     d0 = time.perf_counter()

@@ -371,9 +371,11 @@ def policy_derive(
     level_share: str = _wb_option("level_share"),
     cost_share: str = _wb_option("cost_share"),
     new_hospital_share: str = _wb_option("new_hospital_share"),
-    stable_min_cases: int = typer.Option(_WB.stable_min_cases, "--stable-min-cases", help=_WB_SOURCES["stable_min_cases"]),
+    stable_min_cases: int = typer.Option(_WB.stable_min_cases, "--stable-min-cases",
+                                         help=_WB_SOURCES["stable_min_cases"]),
     stable_max_cv: str = _wb_option("stable_max_cv"),
-    large_sample_cases: Optional[int] = typer.Option(None, "--large-sample-cases", help=_WB_SOURCES["large_sample_cases"]),
+    large_sample_cases: Optional[int] = typer.Option(None, "--large-sample-cases",
+                                                     help=_WB_SOURCES["large_sample_cases"]),
     positive_gap_max: str = _wb_option("positive_gap_max"),
     small_uplift: str = _wb_option("small_uplift"),
     shortfall_floor: str = _wb_option("shortfall_floor"),
@@ -406,7 +408,8 @@ def policy_derive(
     try:
         tier = MiddleTier(middle_tier)
     except ValueError:
-        raise typer.BadParameter(f"{middle_tier!r} is not linear, lowest or highest", param_hint="--middle-tier") from None
+        raise typer.BadParameter(f"{middle_tier!r} is not linear, lowest or highest",
+                                 param_hint="--middle-tier") from None
     try:
         params = DeriveParameters(
             year_weights=tuple(weights), level_share=_decimal(level_share, "--level-share"),
@@ -414,7 +417,8 @@ def policy_derive(
             new_hospital_share=_decimal(new_hospital_share, "--new-hospital-share"),
             stable_min_cases=stable_min_cases, stable_max_cv=_decimal(stable_max_cv, "--stable-max-cv"),
             large_sample_cases=large_sample_cases, positive_gap_max=_decimal(positive_gap_max, "--positive-gap-max"),
-            small_uplift=_decimal(small_uplift, "--small-uplift"), shortfall_floor=_decimal(shortfall_floor, "--shortfall-floor"),
+            small_uplift=_decimal(small_uplift, "--small-uplift"),
+            shortfall_floor=_decimal(shortfall_floor, "--shortfall-floor"),
             middle_uplift_min=_decimal(middle_uplift_min, "--middle-uplift-min"),
             middle_uplift_max=_decimal(middle_uplift_max, "--middle-uplift-max"), middle_tier=tier,
             raised_to=_decimal(raised_to, "--raised-to"),
@@ -449,8 +453,9 @@ def policy_derive(
     from drg_ledger.workbench_report import print_report
 
     print_report(result, console)
-    console.print(f"draft: {len(events)} PolicyVersionPublished for {target} ({', '.join(e.payload.component.value for e in events)}) "
-                  f"written to {output}" + (f"; report CSV {csv_file}" if csv_file else "") + "; nothing written to the store")
+    components = ", ".join(e.payload.component.value for e in events)
+    console.print(f"draft: {len(events)} PolicyVersionPublished for {target} ({components}) written to {output}"
+                  + (f"; report CSV {csv_file}" if csv_file else "") + "; nothing written to the store")
 
 
 # --------------------------------------------------------------------------- streaming commands

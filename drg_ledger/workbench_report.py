@@ -48,7 +48,8 @@ def sections(d: Derivation) -> Iterator[tuple[str, tuple[str, ...], list[list[st
     title = (f"{d.pool} {d.window} -> {d.for_year}, as known at {d.known_at.isoformat()} "
              f"(RULES.md 7; AC_all {d.overall_average_cost} over {d.total_cases} cases)")
     yield f"参数 Parameters — {title}", PARAMETERS, [
-        [name, _s(value) if not isinstance(value, dict) else ", ".join(f"{k}={v}" for k, v in value.items()) or "(none)",
+        [name,
+         _s(value) if not isinstance(value, dict) else ", ".join(f"{k}={v}" for k, v in value.items()) or "(none)",
          SOURCES[name]] for name, value in data["parameters"].items()]
     yield "读取 Cases read", READ, [
         [str(y), *(str(r[k]) for k in ("read", "withdrawn", "ungrouped", "revised", "used")),

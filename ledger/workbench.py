@@ -438,7 +438,8 @@ class Derivation:
                         "weight": str(self.total_weight)},
             "groups": [_json(g) for g in self.groups],
             "dropped_groups": self.dropped_groups,
-            "levels": [{"level": lv.level, **lv.ratio.as_json(), "hospitals_with_history": list(lv.hospitals_with_history),
+            "levels": [{"level": lv.level, **lv.ratio.as_json(),
+                        "hospitals_with_history": list(lv.hospitals_with_history),
                         "lowest_coefficient": _s(lv.lowest_coefficient)} for lv in self.levels],
             "hospitals": [{"hospital_id": h.hospital_id, "grade": h.grade.value, "kind": h.kind.value,
                            "cost_ratio": h.own.as_json(), "level_ratio": _s(h.level_ratio, SHOWN),
@@ -515,7 +516,8 @@ def derive(
         pool, window, for_year, known_at, params,
         {y.year: {"read": y.read, "withdrawn": y.withdrawn, "ungrouped": y.ungrouped, "revised": y.revised,
                   "used": len(y.cases)} for y in sorted(years, key=lambda y: y.year)},
-        known_pv, overall.n, overall.s1, overall.w, _q(ac_all_exact, MONEY), groups, dropped, levels, figures, orphans, rows,
+        known_pv, overall.n, overall.s1, overall.w, _q(ac_all_exact, MONEY), groups, dropped, levels, figures, orphans,
+        rows,
         catalogue_version, coefficients_version, before_table,
     )
     d.bodies = _bodies(d)
@@ -748,7 +750,9 @@ def _row_grade(
         raise WorkbenchError(f"coefficients: the version in force at the window's end has no value for grade "
                              f"{grade.value}, the base of catalogue row {row.seq or position + 1}'s uplift")
     weight = sum((w for _, w in priced), ZERO)
-    payment = sum((w * c.base_points * c.c0 * pv[c.year].value for c, w in priced), ZERO)  # type: ignore[operator,union-attr]
+    # `priced` keeps only cases with base points, c0 and a point value
+    payment = sum((w * c.base_points * c.c0 * pv[c.year].value  # type: ignore[operator,union-attr]
+                   for c, w in priced), ZERO)
     cost = sum((w * c.total_cost for c, w in priced), ZERO)
     mean_payment, mean_cost = payment / weight, cost / weight
     d = _q(mean_payment - mean_cost, MONEY)

@@ -17,7 +17,9 @@ if TYPE_CHECKING:
     from projections.store import LedgerStore
 
 
-def pool_years(store: LedgerStore, pool: str, years: Iterable[int], known_at: datetime) -> Iterator[tuple[int, list[Any]]]:
+def pool_years(
+    store: LedgerStore, pool: str, years: Iterable[int], known_at: datetime
+) -> Iterator[tuple[int, list[Any]]]:
     """Each year's events needed to settle `pool` for it as known at `known_at`, one year at a time."""
     for year in years:
         yield year, store.load(pool=pool, year=year, known_at=known_at)

@@ -82,7 +82,8 @@ def history() -> list[dict[str, Any]]:
 
 @pytest.fixture
 def three_years(database_url: str, tmp_path: Path) -> str:
-    assert data(run(database_url, "ingest", "--backfill", str(write(tmp_path / "history.jsonl", history()))))["rejected"] == []
+    ingested = data(run(database_url, "ingest", "--backfill", str(write(tmp_path / "history.jsonl", history()))))
+    assert ingested["rejected"] == []
     recorded = data(run(database_url, "clear", "--pool", "panzhihua", "--year", "2021", "--record"))
     assert recorded["point_value"] == "100.000000"
     return database_url
@@ -107,12 +108,14 @@ def test_derive_from_three_years_then_publish_and_clear_the_target_year(three_ye
     # H001: 92,000 against 3 x 10,000 + 2 x 30,000 = 90,000 -> 1.022222, also its level's: c 1.0222.
     # H002: 28,000 / 30,000 = 0.933333, its level's too: 0.9333. H003 (new): max(0.8 x 0.933333, 0.9333).
     coefficients = {h["hospital_id"]: h for h in out["hospitals"]}
-    assert {h: c["coefficient"] for h, c in coefficients.items()} == {"H001": "1.0222", "H002": "0.9333", "H003": "0.9333"}
+    assert {h: c["coefficient"] for h, c in coefficients.items()} == {
+        "H001": "1.0222", "H002": "0.9333", "H003": "0.9333"}
     assert coefficients["H003"]["kind"] == "new"
     # catalogue row 1, 3A: payment 225.50 x 1.00 x PV: 2021 22,550 (recorded PV 100), 2022 18,040 (PV 80 as
     # known); mean 20,295 - mean cost 30,000 = d -9,705 <= -5,500 -> 1.6; no 3B case -> 1.6 - 0.08 = 1.52
     row_3a, row_3b = out["catalogue"]
-    assert (row_3a["cases"], row_3a["mean_payment"], row_3a["d"], row_3a["after"]) == (2, "20295.00", "-9705.00", "1.6000")
+    assert (row_3a["cases"], row_3a["mean_payment"], row_3a["d"], row_3a["after"]) == (
+        2, "20295.00", "-9705.00", "1.6000")
     assert (row_3b["cases"], row_3b["after"]) == (0, "1.5200")
     assert out["point_values"]["2021"]["source"] == "ClearingCompleted"
     assert out["point_values"]["2022"] == {"point_value": "80.000000", "source": "clearing as known", "event_id": None,

@@ -427,3 +427,16 @@ def test_a_larger_shortfall_never_gives_a_smaller_coefficient_and_never_passes_t
     low, high = sorted((d1, d2))
     a, b = uplifted(c0, low, P)[0], uplifted(c0, high, P)[0]
     assert c0 <= b <= a <= D("1.6")
+
+
+@settings(max_examples=25, deadline=None)
+@given(order=st.randoms(use_true_random=False))
+def test_the_derivation_does_not_depend_on_the_order_events_arrive_in(order: Any) -> None:
+    # EVENTS.md "Order of arrival": recorded_at, not arrival, decides; a shuffled history derives the same draft
+    events = [*catalogue_world(), *costs("A1", "H2", 1000, 3000), case("k1", "H1", "B1", "21000", revision=2,
+                                                                      procedures=["04.0200x005"])]
+    shuffled = list(events)
+    order.shuffle(shuffled)
+    one, two = derived(events), derived(shuffled)
+    assert one.as_json() == two.as_json()
+    assert draft_lines(draft_events(one)) == draft_lines(draft_events(two))

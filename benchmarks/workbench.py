@@ -4,6 +4,7 @@ Run by hand (benchmarks/README.md "The policy workbench"):
 
     .venv/bin/python -m benchmarks.workbench --phase load      # generate + ingest --backfill 3 x 300k cases
     .venv/bin/python -m benchmarks.workbench --phase measure   # policy derive, twice: the command and its phases
+    .venv/bin/python -m benchmarks.workbench --phase measure --record-clearings   # ... then with clearings recorded
 
 `load` generates `--years` (default 2021-2023) with `drg-ledger generate --cases 300000
 --hospitals 60 --seed 7` (the same seed registers the same hospitals every year, so the
@@ -13,7 +14,9 @@ database (`--postgres-url`, default postgresql://postgres@127.0.0.1:5432/drg_ben
 - **command**: `drg-ledger policy derive --pool panzhihua --years Y0-Y1 -o DRAFT --csv REPORT --json`,
   wall time and the child's ru_maxrss;
 - **phases**: the same derivation in-process, timing each year's `LedgerStore.load` and
-  `read_year`, then `derive`, and the draft written.
+  `read_year`, then `derive`, and the draft written;
+- with `--record-clearings`: `clear --record` of each year, then the command again, each
+  year's point value now read from its `ClearingCompleted`.
 Results go to `benchmarks/results/workbench-<time>.json` (git-ignored).
 """
 
@@ -68,7 +71,9 @@ def child(cmd: list[str]) -> dict[str, Any]:
         stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {stderr[-2000:]}")
-    return {"seconds": round(seconds, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "stdout": stdout}
+    return {"seconds": round(seconds, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "load_average_1m": round(os.getloadavg()[0], 2),
+            "stdout": stdout}
 
 
 def load(args: argparse.Namespace, years: list[int]) -> dict[str, Any]:
@@ -92,14 +97,13 @@ def load(args: argparse.Namespace, years: list[int]) -> dict[str, Any]:
     return out
 
 
-def phases(url: str, years: list[int], draft: Path) -> dict[str, Any]:
+def phases(url: str, years: list[int], draft: Path, known_at: datetime) -> dict[str, Any]:
     """The derivation in this process, phase by phase (the `--step phases` child)."""
     from ledger.clearing import gc_paused
     from ledger.workbench import derive, draft_events, draft_lines, read_year
     from projections.store import LedgerStore
     from projections.window import pool_years
 
-    known_at = datetime.now(UTC)
     timings: dict[str, Any] = {}
     window = []
     end = date(max(years), 12, 31)
@@ -134,18 +138,39 @@ def measure(args: argparse.Namespace, years: list[int]) -> dict[str, Any]:
     DATA.mkdir(exist_ok=True)
     span = f"{years[0]}-{years[-1]}"
     log(f"policy derive --years {span} (the command)")
+    at = ["--known-at", args.known_at] if args.known_at else []
     cmd = child([*CLI, "policy", "derive", "--pool", POOL, "--years", span, "-o", str(draft), "--csv", str(report),
-                 "--json", "--database-url", args.postgres_url])
+                 "--json", "--database-url", args.postgres_url, *at])
     result = json.loads(cmd["stdout"])
-    command = {"seconds": cmd["seconds"], "peak_rss_mib": cmd["peak_rss_mib"],
+    command = {"seconds": cmd["seconds"], "cpu_s": cmd["cpu_s"], "peak_rss_mib": cmd["peak_rss_mib"],
+               "load_average_1m": cmd["load_average_1m"],
+               "point_values": {y: pv["source"] for y, pv in result["point_values"].items() if pv},
                "cases": result["overall"]["cases"], "read": result["read"], "events": result["events"]}
     log(f"command: {cmd['seconds']} s, peak {cmd['peak_rss_mib']} MiB")
     log("the same derivation phase by phase")
     ph = child([sys.executable, "-m", "benchmarks.workbench", "--step", "phases", "--postgres-url", args.postgres_url,
-                "--years", span])
-    phased = json.loads(ph["stdout"].strip().splitlines()[-1])
+                "--years", span, *at])
+    phased = json.loads(ph["stdout"].strip().splitlines()[-1]) | {"cpu_s": ph["cpu_s"],
+                                                                   "load_average_1m": ph["load_average_1m"]}
     log(f"phases: {phased}")
-    return {"command": command, "phases": phased}
+    out = {"command": command, "phases": phased}
+    if args.record_clearings:
+        # A bureau derives after clearing the window's years: each year's PV is then read from
+        # its ClearingCompleted instead of a settlement of the year (RULES.md 7).
+        for year in years:
+            log(f"clear --record {year}")
+            child([*CLI, "clear", "--pool", POOL, "--year", str(year), "--record", "--json",
+                   "--database-url", args.postgres_url])
+        log(f"policy derive --years {span} with every year's clearing recorded")
+        again = child([*CLI, "policy", "derive", "--pool", POOL, "--years", span, "-o", str(draft), "--json",
+                       "--database-url", args.postgres_url])
+        recorded = json.loads(again["stdout"])
+        out["command_after_recorded_clearings"] = {
+            "seconds": again["seconds"], "cpu_s": again["cpu_s"], "peak_rss_mib": again["peak_rss_mib"],
+            "load_average_1m": again["load_average_1m"],
+            "point_values": {y: pv["source"] for y, pv in recorded["point_values"].items() if pv}}
+        log(f"after recorded clearings: {again['seconds']} s, peak {again['peak_rss_mib']} MiB")
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -157,11 +182,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hospitals", type=int, default=60)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--postgres-url", default=os.environ.get("DRG_BENCH_POSTGRES_URL", DEFAULT_PG))
+    p.add_argument("--known-at", help="measure: derive as known at this moment (default now)")
+    p.add_argument("--record-clearings", action="store_true", help="measure: then record each year's clearing "
+                   "and derive again (PV from ClearingCompleted); changes the benchmark database")
     args = p.parse_args(argv)
     first, last = (int(y) for y in args.years.split("-"))
     years = list(range(first, last + 1))
     if args.step == "phases":
-        print(json.dumps(phases(args.postgres_url, years, DATA / "workbench-draft-phases.jsonl")))
+        moment = datetime.fromisoformat(args.known_at) if args.known_at else datetime.now(UTC)
+        print(json.dumps(phases(args.postgres_url, years, DATA / "workbench-draft-phases.jsonl", moment)))
         return
     out: dict[str, Any] = {"started": datetime.now(UTC).isoformat(), "years": years, "cases_per_year": args.cases,
                            "hospitals": args.hospitals, "seed": args.seed,

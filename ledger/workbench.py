@@ -829,12 +829,11 @@ def draft_events(d: Derivation, source: str = "operator:workbench", recorded_at:
 
 
 def draft_lines(events: Sequence[Any]) -> list[str]:
-    """The draft as JSON Lines; `recorded_at` is left out when the ledger is to stamp it."""
+    """The draft as JSON Lines, as a sender writes them: an envelope field the ledger stamps
+    (`recorded_at` when not given, `ingested_at` always) is left out, never sent as null."""
     lines = []
     for e in events:
-        data = e.model_dump(mode="json")
-        if data.get("recorded_at") is None:
-            data.pop("recorded_at", None)
+        data = {k: v for k, v in e.model_dump(mode="json").items() if v is not None}
         lines.append(json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":")))
     return lines
 

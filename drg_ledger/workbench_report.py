@@ -71,8 +71,16 @@ def sections(d: Derivation) -> Iterator[tuple[str, tuple[str, ...], list[list[st
          _s(h["level_ratio"]), _s(h["coefficient"]), _s(h["before"]), h["formula"]] for h in data["hospitals"]]
     yield "高精尖目录 High-tech catalogue (seed 000 三(三))", CATALOGUE, [
         [_s(c.seq), _s(c.technology), c.drg_code, c.grade.value, str(c.cases), str(c.priced), _s(c.mean_payment),
-         _s(c.mean_cost), _s(c.d), c.tier.value, _s(c.c0_grade), str(c.before), str(c.after), c.formula,
-         _s(c.tertiary_share)] for c in d.catalogue_rows]
+         _s(c.mean_cost), _s(c.d), c.tier.describe(d.parameters), _s(c.c0_grade), str(c.before), str(c.after),
+         c.formula, _share(c.tertiary_share, d)] for c in d.catalogue_rows]
+
+
+def _share(share: Any, d: Derivation) -> str:
+    """The row's group share at tertiary hospitals, flagged below seed 000 三(二)'s 70%."""
+    if share is None:
+        return ""
+    low = share < d.parameters.min_tertiary_share
+    return f"{share} (< {d.parameters.min_tertiary_share}, seed 000 三(二))" if low else str(share)
 
 
 def write_csv(d: Derivation, path: Path) -> None:

@@ -355,14 +355,27 @@ class HospitalFigure:
 
 
 class Tier(StrEnum):
-    """Which step of seed 000 三(三)1(1) a catalogue row and grade fell on."""
+    """Which step of seed 000 三(三)1(1) a catalogue row and grade fell on (`describe` says it with
+    the parameters' figures)."""
 
-    RAISED_TO = "d <= -5500: raised to 1.6"
-    MIDDLE = "-5500 < d <= 0: +0.15..0.5"
-    SMALL = "0 < d <= 10000: +0.1"
-    NONE = "d > 10000: no uplift"
-    FROM_3A = "no 3B case: 3A - 0.08"
-    NO_CASE = "no case: unchanged"
+    RAISED_TO = "raised_to"
+    MIDDLE = "middle"
+    SMALL = "small"
+    NONE = "none"
+    FROM_3A = "from_3a"
+    NO_CASE = "no_case"
+
+    def describe(self, params: DeriveParameters) -> str:
+        p = params
+        return {
+            Tier.RAISED_TO: f"d <= {p.shortfall_floor}: raised to {p.raised_to} (负5500元及以上)",
+            Tier.MIDDLE: f"{p.shortfall_floor} < d <= 0: +{p.middle_uplift_min}..{p.middle_uplift_max} "
+                         f"{p.middle_tier.value} (0-负5499元)",
+            Tier.SMALL: f"0 < d <= {p.positive_gap_max}: +{p.small_uplift} (正10000元以下)",
+            Tier.NONE: f"d > {p.positive_gap_max}: no uplift",
+            Tier.FROM_3A: f"no 3B case: 3A - {p.grade_3b_discount} (三级乙等无病例入组)",
+            Tier.NO_CASE: "no case: unchanged",
+        }[self]
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,7 +459,10 @@ class Derivation:
                            "coefficient": _s(h.coefficient), "formula": h.formula, "before": _s(h.before)}
                           for h in self.hospitals],
             "levels_without_history": self.levels_without_history,
-            "catalogue": [_json(c) for c in self.catalogue_rows],
+            "catalogue": [_json(c) | {"tier_text": c.tier.describe(self.parameters),
+                                      "tertiary_share_below_min": c.tertiary_share is not None
+                                      and c.tertiary_share < self.parameters.min_tertiary_share}
+                          for c in self.catalogue_rows],
             "catalogue_version": self.catalogue_version.cite() if self.catalogue_version else None,
             "coefficients_version": self.coefficients_version.cite(),
             "drg_table_version": self.drg_table_version.cite() if self.drg_table_version else None,

@@ -322,6 +322,9 @@ def test_catalogue_rows_by_tier_with_the_3b_discount_and_a_row_without_cases() -
         (1, D("1.1500"), D("1.0700")), (37, D("1.6000"), D("1.4200")), (48, D("1.0000"), D("1.0200")),
         (50, D("1.2"), D("1.1"))]
     assert d.point_values[2020] is not None and d.point_values[2020].source == "ClearingCompleted"
+    # seed 000 三(二): B1's cases are k1 (3A) and k2 (2A): a tertiary share of 0.5, below 70%, reported
+    shown = next(c for c in d.as_json()["catalogue"] if c["seq"] == 1)
+    assert (shown["tertiary_share"], shown["tertiary_share_below_min"]) == ("0.500000", True)
 
 
 def test_the_3b_discount_is_a_parameter() -> None:

@@ -443,3 +443,20 @@ def test_the_derivation_does_not_depend_on_the_order_events_arrive_in(order: Any
     one, two = derived(events), derived(shuffled)
     assert one.as_json() == two.as_json()
     assert draft_lines(draft_events(one)) == draft_lines(draft_events(two))
+
+
+@settings(max_examples=40, deadline=None)
+@given(h1=amounts, h3=amounts, h2=amounts)
+def test_a_coefficient_lies_between_its_level_ratio_and_its_cost_ratio(h1: list[int], h3: list[int], h2: list[int]) -> None:
+    # seed 001 二(一): c = 0.8 x level ratio + 0.2 x cost ratio, weights summing to 1, so c is between them
+    # (to the 4th place); and a level's ratio lies between its hospitals' cost ratios
+    d = derived([*base_policies(catalogue=False), *hospitals(), *costs("A1", "H1", *h1), *costs("B1", "H3", *h3),
+                 *costs("A1", "H2", *h2, prefix="x"), *costs("B1", "H2", *h2, prefix="y")])
+    tolerance = D("0.00005")
+    for h in d.hospitals:
+        if h.kind is HospitalKind.HISTORY:
+            low, high = sorted((h.level_ratio, h.own.ratio))
+            assert low - tolerance <= h.coefficient <= high + tolerance
+    level3 = next(lv for lv in d.levels if lv.level == "3").ratio.ratio
+    ratios = [hosp(d, h).own.ratio for h in ("H1", "H3")]
+    assert min(ratios) <= level3 <= max(ratios)

@@ -571,6 +571,8 @@ def _groups(
         s = sums[code]
         stable, why, cv = _stability(s, params)
         mean = s.s1 / s.w if s.s1 > 0 else None
+        if mean is not None and _q(mean, MONEY) <= 0:
+            mean = None  # under half a fen: no average_cost can be published, like a group of 0-cost cases
         bp = _q(mean / ac_all * HUNDRED, BASE_POINTS) if mean is not None else None
         out.append(GroupFigure(code, s.n, s.w, s.s1, _q(mean, MONEY) if mean is not None else None,
                                cv, bp, stable, why, before.get(code)))
@@ -781,6 +783,10 @@ def _row_grade(
 
 
 def _bodies(d: Derivation) -> dict[Component, Any]:
+    for h in d.hospitals:
+        if h.coefficient is not None and h.coefficient <= 0:
+            raise WorkbenchError(f"coefficients: {h.hospital_id}'s coefficient rounds to {h.coefficient} "
+                                 f"({h.formula}): a coefficient must be above 0 to be published")
     groups = [DrgGroup(drg_code=g.drg_code, base_points=g.base_points, average_cost=g.mean_cost, stable=g.stable)
               for g in d.groups if g.mean_cost is not None and g.base_points is not None]
     out: dict[Component, Any] = {

@@ -398,6 +398,14 @@ def test_bad_parameters_are_refused_naming_the_field() -> None:
         DeriveParameters(middle_uplift_min=D("0.6"))
 
 
+def test_a_coefficient_that_rounds_to_zero_is_refused_naming_the_hospital() -> None:
+    # H1: one case of 1 yuan in A1, whose mean H2's 400,000 makes 200,000.5: cost ratio 0.000005 and, alone at
+    # level 3, level ratio the same: c = 0.000005 -> 0.0000, which no coefficients version can carry
+    events = [*base_policies(catalogue=False), *hospitals(), *costs("A1", "H1", 1), *costs("A1", "H2", 400000)]
+    with pytest.raises(WorkbenchError, match="^coefficients: H1's coefficient rounds to 0.0000"):
+        derived(events)
+
+
 def test_a_window_without_cases_cannot_be_derived() -> None:
     with pytest.raises(WorkbenchError, match="no grouped, unwithdrawn case"):
         derived([*base_policies(catalogue=False), *hospitals(), case("c3", "H2", "0000", "70000")])
@@ -446,7 +454,9 @@ def test_the_derivation_does_not_depend_on_the_order_events_arrive_in(order: Any
 
 
 @settings(max_examples=40, deadline=None)
-@given(h1=amounts, h3=amounts, h2=amounts)
+@given(h1=st.lists(st.integers(min_value=100, max_value=200_000), min_size=1, max_size=12),
+       h3=st.lists(st.integers(min_value=100, max_value=200_000), min_size=1, max_size=12),
+       h2=st.lists(st.integers(min_value=100, max_value=200_000), min_size=1, max_size=12))
 def test_a_coefficient_lies_between_its_level_ratio_and_its_cost_ratio(h1: list[int], h3: list[int], h2: list[int]) -> None:
     # seed 001 二(一): c = 0.8 x level ratio + 0.2 x cost ratio, weights summing to 1, so c is between them
     # (to the 4th place); and a level's ratio lies between its hospitals' cost ratios

@@ -586,7 +586,7 @@ def _stability(s: _Sums, params: DeriveParameters) -> tuple[bool, str, Decimal |
     S2 = sum w x^2 that is sqrt(S2 W - S1^2) / S1, and CV <= k is decided exactly as
     S2 W - S1^2 <= k^2 S1^2, with no square root.
     """
-    spread = s.s2 * s.w - s.s1 * s.s1
+    spread = max(s.s2 * s.w - s.s1 * s.s1, ZERO)  # >= 0 (Cauchy-Schwarz); exact at 60 digits
     cv = None if s.s1 <= 0 else _q(spread.sqrt() / s.s1, SHOWN)
     cv_ok = s.s1 > 0 and spread <= params.stable_max_cv * params.stable_max_cv * s.s1 * s.s1
     if params.large_sample_cases is not None and s.n >= params.large_sample_cases:

@@ -191,3 +191,16 @@ def test_policy_file_still_prints_a_shipped_file_beside_the_policy_group(tmp_pat
     assert shipped.exit_code == 0 and Path(shipped.stdout.strip()).is_file()
     assert runner.invoke(app, ["policy-file", "atlantis"]).exit_code == 3
     assert "derive" in runner.invoke(app, ["policy", "--help"]).stdout
+
+
+def test_derive_as_known_at_a_past_moment(three_years: str, tmp_path: Path) -> None:
+    # as known at the end of 2022: 2021's clearing (recorded just now) is not known yet, so its PV is its
+    # clearing as known then (100, the same budget and points); c22's revision 2 (recorded 2022-05-20) is
+    out = data(run(three_years, "policy", "derive", "--pool", "panzhihua", "--years", "2021-2022", "--known-at",
+                   "2022-12-31", "-o", str(tmp_path / "draft.jsonl")))
+    assert out["known_at"] == "2022-12-31T23:59:59.999999+08:00" and out["for_year"] == 2023
+    assert out["point_values"]["2021"] == {"point_value": "100.000000", "source": "clearing as known",
+                                           "event_id": None, "recorded_at": None}
+    assert out["read"]["2022"] == {"read": 3, "withdrawn": 0, "ungrouped": 0, "revised": 1, "used": 3}
+    note = json.loads((tmp_path / "draft.jsonl").read_text(encoding="utf-8").splitlines()[0])["payload"]["note"]
+    assert "discharged 2021-2022, as known at 2022-12-31T23:59:59.999999+08:00" in note

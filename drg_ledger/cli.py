@@ -31,11 +31,14 @@ DatabaseUrl = typer.Option(None, "--database-url", envvar="DRG_LEDGER_DATABASE_U
 JsonOut = typer.Option(False, "--json", help="Print JSON instead of tables.")
 KnownAt = typer.Option(None, "--known-at", help="What the ledger knew at this moment (ISO date or datetime; "
                        "no zone means +08:00; a date means the end of that day). Default: now.")
+WhatIfDraft = typer.Option(None, "--what-if", exists=True, dir_okay=False, help="A draft (JSON Lines: policy "
+                           "versions, coefficient changes, budgets, verdicts) applied as if recorded at --known-at; "
+                           "never written to the ledger.")
 
 EXIT_REJECTED, EXIT_NOT_FOUND, EXIT_CANNOT_COMPUTE = 1, 3, 4
 
 
-def parse_moment(text: str | None) -> datetime | None:
+def parse_moment(text: str | None, option: str = "--known-at") -> datetime | None:
     """`--known-at`: a date means the end of that day; a time without zone is China time."""
     if text is None:
         return None
@@ -44,7 +47,7 @@ def parse_moment(text: str | None) -> datetime | None:
             return datetime.combine(date.fromisoformat(text), time.max, CHINA)
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not an ISO date or datetime", param_hint="--known-at") from None
+        raise typer.BadParameter(f"{text!r} is not an ISO date or datetime", param_hint=option) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=CHINA)
 
 
@@ -84,17 +87,21 @@ def ingest(
     database_url: Optional[str] = DatabaseUrl,
     as_json: bool = JsonOut,
     batch_size: int = typer.Option(2000, min=1, help="Events per journal transaction."),
-    backfill: bool = typer.Option(False, "--backfill", help="Load history: admit recorded_at older than the "
-                                  "late-arrival window; journals one HistoryBackfilled (EVENTS.md)."),
+    backfill: bool = typer.Option(False, "--backfill", help="Load history (operators only): admit recorded_at "
+                                  "older than the late-arrival window; journals HistoryBackfilled (EVENTS.md)."),
+    run_by: Optional[str] = typer.Option(None, "--run-by", help="Who runs the backfill (default operator:<login>)."),
 ) -> None:
     """Append events from a file; report accepted, duplicates and every rejected line (EVENTS.md)."""
+    from projections.store import Backfill
+
     with file.open("rb") as fh:
         total = sum(1 for _ in fh)
+    load = Backfill.of_file(file, run_by) if backfill else None
     with open_store(database_url) as store, progress() as bar, file.open("rb") as fh:
         task = bar.add_task(f"ingest {file.name}", total=total)
         report = store.ingest(
             (line.rstrip(b"\r\n") for line in fh), origin=f"file:{file}", batch_size=batch_size,
-            on_progress=lambda n: bar.update(task, completed=n), backfill=backfill,
+            on_progress=lambda n: bar.update(task, completed=n), backfill=load or False,
         )
     out = report.to_json()
     if as_json:
@@ -122,6 +129,7 @@ def clear(
     warm: bool = typer.Option(False, "--warm", help="Sum the case_points projection (as known now); "
                               "refused when stale unless --refresh."),
     refresh: bool = typer.Option(False, "--refresh", help="With --warm: refresh a stale projection first."),
+    what_if: Optional[Path] = WhatIfDraft,
     database_url: Optional[str] = DatabaseUrl,
     as_json: bool = JsonOut,
 ) -> None:
@@ -130,9 +138,16 @@ def clear(
 
     if warm and (cold or known_at is not None or record):
         fail(2, "--warm clears as known now from the projection: it takes no --cold, --known-at or --record")
+    if what_if is not None and (record or warm):
+        fail(2, "a what-if is never recorded and is not in the projection: --what-if takes no --record or --warm")
+    marked = None
     with open_store(database_url) as store:
         try:
-            if warm:
+            if what_if is not None:
+                marked = _what_if(store, what_if, known_at, as_json, pool=pool,
+                                  run=lambda wi, d: wi.what_if_clearing(store, pool, year, d, cold=cold))
+                result = marked.result
+            elif warm:
                 from projections.case_points import warm_clearing
 
                 result = warm_clearing(store, pool, year, refresh_if_stale=refresh)
@@ -141,10 +156,11 @@ def clear(
         except (ClearingError, PolicyMissing) as exc:
             fail(EXIT_CANNOT_COMPUTE, str(exc))
     if as_json:
-        emit(result.as_json())
+        emit(marked.as_json() if marked else result.as_json())
         return
     table = Table("hospital", "settled", "deducted", "net points", "personal paid", "fund due", "prepaid",
-                  "clearing amount", title=f"{pool} {year} clearing, as known at {result.known_at.isoformat()}")
+                  "clearing amount", title=_what_if_title(marked)
+                  + f"{pool} {year} clearing, as known at {result.known_at.isoformat()}")
     for h in result.hospitals:
         table.add_row(h.hospital_id, f"{h.settled_points:,}", f"{h.deducted_points:,}", f"{h.net_points:,}",
                       f"{h.personal_paid:,}", f"{h.fund_due:,}", f"{h.prepaid:,}", _signed(h.clearing_amount))
@@ -152,6 +168,8 @@ def clear(
     console.print(f"point value [bold]{result.point_value}[/bold] yuan/point = "
                   f"({'budget + personal paid' if result.personal_paid_inside else 'budget'}) / {result.total_points:,} points; "
                   f"budget {result.budget:,}" + (" — recorded as ClearingCompleted" if record else ""))
+    if result.basis is not None:
+        console.print(result.basis.text())
 
 
 def _signed(x: Any) -> str:
@@ -166,18 +184,26 @@ def balance(
     warm: bool = typer.Option(False, "--warm", help="Sum the case_points projection (as known now); "
                               "refused when stale unless --refresh."),
     refresh: bool = typer.Option(False, "--refresh", help="With --warm: refresh a stale projection first."),
+    what_if: Optional[Path] = WhatIfDraft,
     database_url: Optional[str] = DatabaseUrl,
     as_json: bool = JsonOut,
 ) -> None:
     """A hospital's balance at a date, as the ledger knew it (RULES.md 6)."""
-    from projections.queries import NotFound, hospital_balance
+    from projections.queries import NotFound, hospital_balance, hospital_pool
 
     day = parse_day(as_of, "--as-of")
     if warm and known_at is not None:
         fail(2, "--warm is the balance as known now from the projection: it takes no --known-at")
+    if what_if is not None and warm:
+        fail(2, "a what-if is not in the projection: --what-if takes no --warm")
+    marked = None
     with open_store(database_url) as store:
         try:
-            if warm:
+            if what_if is not None:
+                marked = _what_if(store, what_if, known_at, as_json, pool=lambda: hospital_pool(store, hospital),
+                                  run=lambda wi, d: wi.what_if_balance(store, hospital, day, d))
+                result = marked.result
+            elif warm:
                 from projections.case_points import warm_balance
 
                 result = warm_balance(store, hospital, day, refresh_if_stale=refresh)
@@ -187,29 +213,40 @@ def balance(
             fail(EXIT_NOT_FOUND, str(exc))
         except (ClearingError, PolicyMissing) as exc:
             fail(EXIT_CANNOT_COMPUTE, str(exc))
-    data = result.as_json()
+    data = marked.as_json() if marked else result.as_json()
     if as_json:
         emit(data)
         return
-    table = Table("figure", "value", title=f"{hospital} balance on {day}, as known at {result.known_at.isoformat()}")
+    table = Table("figure", "value", title=_what_if_title(marked)
+                  + f"{hospital} balance on {day}, as known at {result.known_at.isoformat()}")
     for key, value in data.items():
-        table.add_row(key, str(value))
+        if key != "basis":
+            table.add_row(key, str(value))
     console.print(table)
+    if result.basis is not None:
+        console.print(result.basis.text())
 
 
 @app.command()
 def explain(
     case: str = typer.Option(..., "--case"),
     known_at: Optional[str] = KnownAt,
+    what_if: Optional[Path] = WhatIfDraft,
     database_url: Optional[str] = DatabaseUrl,
     as_json: bool = JsonOut,
 ) -> None:
     """A case's points step by step: policy versions, case type, coefficient and why, verdicts, penalties."""
     from projections.queries import NotFound, explain_case
 
+    marked = None
     with open_store(database_url) as store:
         try:
-            data = explain_case(store, case, parse_moment(known_at))
+            if what_if is not None:
+                marked = _what_if(store, what_if, known_at, as_json, pool=None,
+                                  run=lambda wi, d: wi.what_if_explain(store, case, d))
+                data = marked.as_json()
+            else:
+                data = explain_case(store, case, parse_moment(known_at))
         except NotFound as exc:
             fail(EXIT_NOT_FOUND, str(exc))
         except (ClearingError, PolicyMissing) as exc:
@@ -217,7 +254,8 @@ def explain(
     if as_json:
         emit(data)
         return
-    table = Table("step", "value", title=f"case {case}, as known at {data['known_at']}", show_lines=True)
+    table = Table("step", "value", title=_what_if_title(marked) + f"case {case}, as known at {data['known_at']}",
+                  show_lines=True)
     for key, value in data.items():
         table.add_row(key, json.dumps(value, ensure_ascii=False, indent=1) if isinstance(value, (dict, list)) else str(value))
     console.print(table)
@@ -226,29 +264,62 @@ def explain(
 @app.command("dead-letters")
 def dead_letters(
     limit: int = typer.Option(50, min=1),
+    since: Optional[str] = typer.Option(None, "--since", help="Only those received at or after this moment."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Only those whose field or reason contains this text."),
+    raw: bool = typer.Option(False, "--raw", help="Show the raw bytes too (escaped)."),
     database_url: Optional[str] = DatabaseUrl,
     as_json: bool = JsonOut,
 ) -> None:
-    """Rejected input, kept whole with its reason and origin (EVENTS.md "Bad input")."""
+    """Refused input, kept whole: origin, field, reason, and the raw bytes on request (EVENTS.md "Bad input")."""
     with open_store(database_url) as store:
-        rows = store.dead_letters(limit=limit)
-    data = [r.to_json() if hasattr(r, "to_json") else r.__dict__ for r in rows]
+        rows = store.dead_letters(limit=limit, since=parse_moment(since, "--since"), reason=reason)
+    data = [r.as_json(raw=raw) for r in rows]
     if as_json:
         emit(data)
         return
-    table = Table("received", "origin", "event_id", "reason")
+    table = Table("received", "origin", "event_id", "field", "reason", "bytes", *(["raw"] if raw else []),
+                  title="dead letters, newest first", show_lines=raw)
     for r in data:
-        table.add_row(str(r.get("received_at")), str(r.get("origin")), str(r.get("event_id") or ""), str(r.get("reason")))
+        table.add_row(r["received_at"], r["origin"], r["event_id"] or "", r["field"], r["reason"],
+                      f"{r['raw_length']:,}", *([r["raw"][:500]] if raw else []))
     console.print(table)
 
 
-@app.command("rebuild-projections")
-def rebuild_projections(database_url: Optional[str] = DatabaseUrl) -> None:
-    """Drop the index and rebuild it from the journal alone; derive any penalty still missing."""
+@app.command()
+def doctor(
+    check_only: bool = typer.Option(False, "--check-only", help="Report, repair nothing."),
+    database_url: Optional[str] = DatabaseUrl,
+    as_json: bool = JsonOut,
+) -> None:
+    """Check the store (index and derivations caught up with the journal, constraints present) and
+    repair what can be derived again, saying what it did. Exit 1 when a problem remains."""
     with open_store(database_url) as store:
-        n = store.rebuild_index()
-        penalties = store.derive_penalties()
-    console.print(f"index rebuilt from the journal: {n} events; {penalties} missing penalties derived")
+        checks = store.doctor(repair=not check_only)
+    if as_json:
+        emit([c.as_json() for c in checks])
+    else:
+        table = Table("check", "status", "detail", title="drg-ledger doctor")
+        colour = {"ok": "green", "repaired": "yellow", "problem": "red"}
+        for c in checks:
+            table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/{colour[c.status]}]", c.detail)
+        console.print(table)
+    if any(c.status == "problem" for c in checks):
+        raise typer.Exit(EXIT_REJECTED)
+
+
+@app.command()
+def rebuild(database_url: Optional[str] = DatabaseUrl, as_json: bool = JsonOut) -> None:
+    """Rebuild everything derived from the journal alone: the index, the pool claims, the penalties."""
+    with open_store(database_url) as store:
+        done = store.rebuild()
+    if as_json:
+        emit(done)
+    else:
+        console.print(f"rebuilt from the journal: index {done['events']:,} events; {done['pool_claims']} pool "
+                      f"claims restored; {done['penalties']} missing penalties derived")
+
+
+app.command("rebuild-projections", hidden=True, help="Old name of `rebuild`.")(rebuild)
 
 
 @app.command()
@@ -625,6 +696,105 @@ def refresh_projections(
     console.print(f"case_points of {pool} {year}: {report.cases:,} cases from {report.events:,} events "
                   f"in {report.chunks} chunk(s), journal position {report.position}, "
                   f"as known at {report.known_at.isoformat()}, in {report.seconds:.1f} s")
+
+
+# --------------------------------------------------------------------------- what-if and diff
+
+
+def _what_if(store: Any, path: Path, known_at: str | None, as_json: bool, *, pool: Any, run: Any) -> Any:
+    """The draft at `path` loaded at --known-at (default now) and `run(projections.whatif, draft)`;
+    a refused draft prints every refused line and exits 1, nothing applied."""
+    from projections import whatif as wi
+
+    moment = parse_moment(known_at) or datetime.now(timezone.utc)
+    try:
+        draft = wi.load_draft(store, path.read_bytes(), moment, name=path.name, pool=pool() if callable(pool) else pool)
+    except wi.DraftRejected as exc:
+        _draft_rejected(exc, as_json)
+    return run(wi, draft)
+
+
+def _draft_rejected(exc: Any, as_json: bool) -> None:
+    if as_json:
+        emit(exc.as_json())
+    else:
+        err.print(f"[red]draft {exc.name} refused: nothing applied[/red]")
+        table = Table("line", "event_id", "reason", title="refused lines of the draft")
+        for r in exc.report.rejected[:50]:
+            table.add_row(str(r.line), str(r.event_id or ""), r.message)
+        err.print(table)
+    raise typer.Exit(EXIT_REJECTED)
+
+
+def _what_if_title(marked: Any) -> str:
+    if marked is None:
+        return ""
+    d = marked.draft
+    ids = ", ".join(d.event_ids[:5]) + (f" and {len(d.event_ids) - 5} more" if len(d.event_ids) > 5 else "")
+    return f"WHAT-IF {d.name} (sha256 {d.sha256}; {len(d.events)} events: {ids or 'none'}; never recorded): "
+
+
+def _side_spec(store: Any, which: str, known_at: str | None, clearing_id: str | None, draft: Path | None,
+               pool: str, as_json: bool) -> Any:
+    from projections.diff import SideSpec
+
+    if clearing_id is not None and (known_at is not None or draft is not None):
+        fail(2, f"--{which}-clearing is its own moment: it takes no --{which}-known-at or --{which}-what-if")
+    if clearing_id is not None:
+        return SideSpec(clearing_id=clearing_id)
+    moment = parse_moment(known_at) or datetime.now(timezone.utc)
+    if draft is None:
+        return SideSpec(known_at=moment)
+    return _what_if(store, draft, known_at, as_json, pool=pool, run=lambda wi, d: SideSpec(draft=d))
+
+
+@app.command()
+def diff(
+    pool: str = typer.Option(..., "--pool"),
+    year: int = typer.Option(..., "--year"),
+    from_known_at: Optional[str] = typer.Option(None, "--from-known-at", help="One side: as known at this moment."),
+    from_clearing: Optional[str] = typer.Option(None, "--from-clearing", help="One side: a recorded clearing "
+                                                "(the event_id of its ClearingCompleted)."),
+    from_what_if: Optional[Path] = typer.Option(None, "--from-what-if", exists=True, dir_okay=False,
+                                                help="One side: a draft, at --from-known-at (default now)."),
+    to_known_at: Optional[str] = typer.Option(None, "--to-known-at", help="Other side (default: now)."),
+    to_clearing: Optional[str] = typer.Option(None, "--to-clearing"),
+    to_what_if: Optional[Path] = typer.Option(None, "--to-what-if", exists=True, dir_okay=False,
+                                              help="Other side: a draft, at --to-known-at (default now)."),
+    cases: bool = typer.Option(False, "--cases", help="Every case whose points changed, and the step that did it."),
+    hospital: Optional[str] = typer.Option(None, "--hospital", help="With --cases: that hospital's cases only."),
+    csv_file: Optional[Path] = typer.Option(None, "--csv", dir_okay=False, help="Write the hospitals (and, with "
+                                            "--cases, FILE.cases.csv) as UTF-8 CSV with BOM, Chinese headers."),
+    limit: int = typer.Option(40, "--limit", min=1, help="Rows shown per table (--json and --csv have all)."),
+    database_url: Optional[str] = DatabaseUrl,
+    as_json: bool = JsonOut,
+) -> None:
+    """What changed between two clearings of a pool-year: pool figures, hospitals, cases."""
+    from projections.diff import diff_pool_year, export_csv
+    from projections.queries import NotFound
+
+    if from_known_at is None and from_clearing is None and from_what_if is None:
+        fail(2, "give the first side: --from-known-at, --from-clearing or --from-what-if")
+    if hospital is not None and not cases:
+        fail(2, "--hospital narrows --cases: give --cases too")
+    with open_store(database_url) as store:
+        before = _side_spec(store, "from", from_known_at, from_clearing, from_what_if, pool, as_json)
+        after = _side_spec(store, "to", to_known_at, to_clearing, to_what_if, pool, as_json)
+        try:
+            result = diff_pool_year(store, pool, year, before, after, cases=cases, hospital_id=hospital)
+        except NotFound as exc:
+            fail(EXIT_NOT_FOUND, str(exc))
+        except (ClearingError, PolicyMissing) as exc:
+            fail(EXIT_CANNOT_COMPUTE, str(exc))
+    written = export_csv(result, csv_file) if csv_file is not None else []
+    for path in written:
+        err.print(f"wrote {path}")
+    if as_json:
+        emit(result.as_json())
+        return
+    from drg_ledger.diff_view import render_diff
+
+    render_diff(console, result, limit=limit)
 
 
 def main() -> None:

@@ -9,11 +9,14 @@ other hospital's money falls with it (RULES.md 5: PV = (B + personal) / TP).
 `run_demo(store, ...)` generates a synthetic year (drg_ledger.generate), ingests it,
 clears the year as known at both moments, records the second clearing as a
 `ClearingCompleted`, and shows one hospital's mid-year balance as known at each moment.
+It ends with the diff of the two clearings, hospital by hospital (ledger/diff.py), and a
+what-if: the recorded clearing against the year under a draft catalogue that raises every
+3A coefficient by 0.1 (projections/whatif.py), never recorded.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import tempfile
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -25,9 +28,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from drg_ledger.diff_view import render_diff
 from drg_ledger.generate import expected_events, generate
+from drg_ledger.policy_files import POLICIES
 from ledger.clearing import Balance, Clearing, PoolYear, balance, clearing, settle
-from ledger.events import ENVELOPES, canonical_json
+from ledger.diff import Side, diff_clearings, moment_label
+from projections.queries import record_clearing
+from projections.store import Backfill
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -41,6 +48,8 @@ BEFORE = datetime(2021, 5, 10, 23, 59, 59, tzinfo=BEIJING)
 """Known before the catalogue was issued (seed 000, 2021-05-11), after the January declarations."""
 AFTER = datetime(2021, 5, 12, 0, 0, 0, tzinfo=BEIJING)
 """Known after the catalogue was issued."""
+WHAT_IF_AT = datetime(2021, 6, 1, 0, 0, 0, tzinfo=BEIJING)
+"""The what-if is asked as known at this moment, after the recorded clearing (deterministic)."""
 BALANCE_AS_OF = date(2020, 6, 30)
 TERTIARY = ("3A", "3B")
 GRADE_ORDER = ("3A", "3B", "2A", "2B", "1")
@@ -85,7 +94,7 @@ def run_demo(
             )
         with _progress(console, quiet) as progress, path.open("rb") as fh:
             task = progress.add_task("ingesting", total=summary.events)
-            report = store.ingest(fh, origin=f"demo:{path.name}", backfill=True, on_progress=lambda n: progress.update(task, completed=n))
+            report = store.ingest(fh, origin=f"demo:{path.name}", backfill=Backfill.of_file(path), on_progress=lambda n: progress.update(task, completed=n))
     if not quiet:
         style = "green" if not report.rejected else "red"
         console.print(
@@ -101,7 +110,7 @@ def run_demo(
     before_py = settle(events, POOL, YEAR, BEFORE)
     after_py = settle(events, POOL, YEAR, AFTER)
     before, after = clearing(before_py), clearing(after_py)
-    recorded_id, recorded_new = _record(store, after)
+    recorded_id, recorded_new = record_clearing(store, after)
     grades = {hid: h.grade.value for hid, h in after_py.hospitals.items()}
     names = {hid: h.name for hid, h in after_py.hospitals.items()}
     featured = _featured_hospital(before, after, grades)
@@ -132,6 +141,7 @@ def run_demo(
         }
     if not quiet:
         _show(console, before, after, grades, names, matched, balances, recorded_id, recorded_new)
+    _diff_and_what_if(store, before_py, after_py, recorded_id, result, console, quiet)
     return result
 
 
@@ -148,22 +158,6 @@ def _progress(console: Console, quiet: bool) -> Progress:
         transient=True,
         disable=quiet,
     )
-
-
-def _record(store: LedgerStore, result: Clearing) -> tuple[str, bool]:
-    """Record the clearing as a `ClearingCompleted` (RULES.md 6); its id names its content,
-    so running the demo again records nothing new."""
-    payload = result.completed()
-    digest = hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()[:16]
-    event_id = f"clearing:{result.pool}:{result.year}:{result.known_at.isoformat()}:{digest}"
-    completed = ENVELOPES["ClearingCompleted"](
-        event_id=event_id,
-        event_type="ClearingCompleted",
-        recorded_at=datetime.now(timezone.utc),
-        source="system",
-        payload=payload,
-    )
-    return event_id, store.append_system_events([completed]) > 0
 
 
 def _featured_hospital(before: Clearing, after: Clearing, grades: dict[str, str]) -> str | None:
@@ -351,3 +345,58 @@ def _show(
             table.add_row(label, f"{x:,.{places}f}", f"{y:,.{places}f}", _change(y - x, places))
         console.print(table)
     console.print()
+
+
+# --------------------------------------------------------------------------- diff and what-if
+
+CATALOGUE_EVENT_ID = "policy-panzhihua-high_tech_catalogue-2020"
+DRAFT_RAISE_3A = Decimal("0.1")
+
+
+def catalogue_draft(raise_3a: Decimal = DRAFT_RAISE_3A) -> bytes:
+    """A draft catalogue: the shipped 2020 catalogue (seed 000) with every 3A coefficient raised
+    by `raise_3a`, under its own event_id and version, as a one-line JSON Lines draft."""
+    with (POLICIES / f"{POOL}.jsonl").open(encoding="utf-8") as fh:
+        shipped = next(e for e in map(json.loads, fh) if e["event_id"] == CATALOGUE_EVENT_ID)
+    payload = shipped["payload"]
+    rows = [{**row, "coef_3a": str(Decimal(str(row["coef_3a"])) + raise_3a)} for row in payload["body"]["rows"]]
+    draft = {
+        **shipped,
+        "event_id": f"draft:{CATALOGUE_EVENT_ID}:3A-plus-{raise_3a}",
+        "payload": {**payload, "version": f"{payload['version']}-draft-3A+{raise_3a}",
+                    "note": f"draft for comment: every 3A coefficient of {payload['version']} raised by {raise_3a}",
+                    "body": {**payload["body"], "rows": rows}},
+    }
+    draft.pop("recorded_at", None)
+    return (json.dumps(draft, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _diff_and_what_if(
+    store: LedgerStore, before_py: PoolYear, after_py: PoolYear, recorded_id: str, result: dict[str, Any],
+    console: Console, quiet: bool,
+) -> None:
+    """The diff of the two clearings, hospital by hospital, and the recorded clearing against
+    a what-if of the draft catalogue (`catalogue_draft`) as known at `WHAT_IF_AT`."""
+    from projections.diff import SideSpec, diff_pool_year
+    from projections.whatif import load_draft
+
+    before_after = diff_clearings(
+        Side("moment", moment_label(BEFORE), clearing(before_py), before_py),
+        Side("moment", moment_label(AFTER), clearing(after_py), after_py),
+    )
+    draft = load_draft(store, catalogue_draft(), WHAT_IF_AT, name="draft-catalogue-3A+0.1.jsonl", pool=POOL)
+    what_if = diff_pool_year(store, POOL, YEAR, SideSpec(clearing_id=recorded_id), SideSpec(draft=draft))
+    result["diff"] = before_after.as_json()
+    result["what_if"] = what_if.as_json()
+    if quiet:
+        return
+    console.print(Panel(Text.from_markup(
+        "[bold]What moved[/]: the two clearings compared hospital by hospital "
+        "(drg-ledger diff --from-known-at 2021-05-10 --to-known-at 2021-05-12)"), border_style="blue"))
+    render_diff(console, before_after, limit=MAX_HOSPITAL_ROWS)
+    console.print(Panel(Text.from_markup(
+        f"[bold]What if[/]: the 2020 clearing under a draft catalogue raising every 3A coefficient by {DRAFT_RAISE_3A} "
+        f"(draft sha256 {draft.sha256[:12]}, applied as known at {WHAT_IF_AT.isoformat()}, never recorded), "
+        "against the recorded clearing "
+        f"(drg-ledger diff --from-clearing ID --to-what-if DRAFT.jsonl)"), border_style="yellow"))
+    render_diff(console, what_if, limit=MAX_HOSPITAL_ROWS)

@@ -204,3 +204,38 @@ def test_derive_as_known_at_a_past_moment(three_years: str, tmp_path: Path) -> N
     assert out["read"]["2022"] == {"read": 3, "withdrawn": 0, "ungrouped": 0, "revised": 1, "used": 3}
     note = json.loads((tmp_path / "draft.jsonl").read_text(encoding="utf-8").splitlines()[0])["payload"]["note"]
     assert "discharged 2021-2022, as known at 2022-12-31T23:59:59.999999+08:00" in note
+
+
+def test_a_derived_draft_published_for_real_and_cleared_gives_exactly_the_what_if_figures(
+    three_years: str, tmp_path: Path
+) -> None:
+    url = three_years
+    draft = tmp_path / "draft.jsonl"
+    data(run(url, "policy", "derive", "--pool", "panzhihua", "--years", "2021-2023", "-o", str(draft),
+             "--recorded-at", DRAFT_RECORDED))
+    year_2024 = [
+        f.budget("50000", year=2024, recorded_at="2024-01-06T09:00:00+08:00"),
+        f.case("a24", hospital_id="H001", drg_code="GB21", total_cost="10000", discharge_date="2024-03-01"),
+        f.case("c24", hospital_id="H002", drg_code="GB21", total_cost="12500", discharge_date="2024-03-05"),
+        f.case("n24", hospital_id="H003", drg_code="GB21", total_cost="9000", discharge_date="2024-03-02"),
+        f.case("b24", hospital_id="H001", drg_code="BJ11", total_cost="30000", discharge_date="2024-04-01",
+               procedure_codes=["04.0200x005"]),
+    ]
+    assert data(run(url, "ingest", "--backfill", str(write(tmp_path / "y2024.jsonl", year_2024))))["rejected"] == []
+    unpublished = data(run(url, "clear", "--pool", "panzhihua", "--year", "2024"))
+    what_if = data(run(url, "clear", "--pool", "panzhihua", "--year", "2024", "--what-if", str(draft)))
+    assert what_if["what_if"]["recorded"] is False and len(what_if["what_if"]["event_ids"]) == 3
+    assert data(run(url, "clear", "--pool", "panzhihua", "--year", "2024")) | {"known_at": ""} == unpublished | {
+        "known_at": ""}  # the what-if wrote nothing
+    # the diff of the clearing as known now against the what-if: the pool figures and who moved
+    moved = data(run(url, "diff", "--pool", "panzhihua", "--year", "2024", "--from-known-at",
+                     unpublished["known_at"], "--to-what-if", str(draft)))
+    assert moved["to"]["kind"] == "what_if" and moved["hospitals"]
+    assert moved["pool_figures"]["point_value"]["to"] == what_if["point_value"]
+    # published for real, with its recorded_at in the target year, and cleared
+    ingested = data(run(url, "ingest", "--backfill", str(draft)))
+    assert (ingested["accepted"], ingested["rejected"]) == (3, [])
+    published = data(run(url, "clear", "--pool", "panzhihua", "--year", "2024"))
+    figures = ("point_value", "total_points", "budget", "hospitals")
+    assert {k: published[k] for k in figures} == {k: what_if[k] for k in figures}
+    assert {k: published[k] for k in figures} != {k: unpublished[k] for k in figures}

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +240,16 @@ def test_a_derived_draft_published_for_real_and_cleared_gives_exactly_the_what_i
     figures = ("point_value", "total_points", "budget", "hospitals")
     assert {k: published[k] for k in figures} == {k: what_if[k] for k in figures}
     assert {k: published[k] for k in figures} != {k: unpublished[k] for k in figures}
+
+
+def test_the_demo_ends_deriving_its_own_year_and_what_ifs_it_by_grade(database_url: str) -> None:
+    out = data(run(database_url, "demo", "--cases", "400", "--hospitals", "6", "--seed", "5"))
+    bench = out["workbench"]
+    assert bench["draft"]["recorded"] is False and len(bench["draft"]["event_ids"]) == 3
+    assert all(e.startswith("workbench:panzhihua:2020:") for e in bench["draft"]["event_ids"])
+    rows = bench["by_grade"]
+    assert {r["grade"] for r in rows} <= {"3A", "3B", "2A", "2B", "1"} and sum(r["hospitals"] for r in rows) == 6
+    # the budget is fixed: what one grade gains the others lose, to the rounding of cents
+    assert abs(sum(Decimal(r["money_change"]) for r in rows)) < Decimal("1.00")
+    shown = run(database_url, "demo", "--cases", "400", "--hospitals", "6", "--seed", "5", as_json=False)
+    assert shown.exit_code == 0 and "The policy workbench" in shown.stdout and "by grade" in shown.stdout

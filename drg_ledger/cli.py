@@ -370,6 +370,165 @@ def policy_file(pool: str = typer.Argument(..., help="panzhihua or xuancheng")) 
     print(path)
 
 
+# --------------------------------------------------------------------------- policy workbench (RULES.md 7)
+
+policy_app = typer.Typer(no_args_is_help=True, help="The policy workbench: next year's policy from the ledger's "
+                         "history (RULES.md 7).")
+app.add_typer(policy_app, name="policy")
+
+
+def _workbench_defaults() -> Any:
+    from ledger.workbench import SOURCES, DeriveParameters
+
+    return DeriveParameters(), SOURCES
+
+
+_WB, _WB_SOURCES = _workbench_defaults()
+
+
+def _wb_option(name: str) -> Any:
+    value = getattr(_WB, name)
+    return typer.Option("none" if value is None else str(value), f"--{name.replace('_', '-')}", help=_WB_SOURCES[name])
+
+
+def parse_years(text: str | None, for_year: int | None) -> list[int]:
+    """`--years 2021-2023` or `2021,2022`; absent: the three years before `--for` (seed 001 一(一) 近三年)."""
+    if text is None:
+        if for_year is None:
+            raise typer.BadParameter("give --years (e.g. 2021-2023) or --for", param_hint="--years")
+        return [for_year - 3, for_year - 2, for_year - 1]
+    try:
+        if "-" in text:
+            first, last = (int(p) for p in text.split("-", 1))
+            years = list(range(first, last + 1))
+        else:
+            years = sorted({int(p) for p in text.split(",")})
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not YYYY-YYYY or YYYY,YYYY", param_hint="--years") from None
+    if not years or any(y < 2000 or y > 2099 for y in years):
+        raise typer.BadParameter(f"{text!r} names no year in 2000..2099", param_hint="--years")
+    return years
+
+
+def _decimal(text: str, option: str, *, none: bool = False) -> Any:
+    from decimal import Decimal, InvalidOperation
+
+    if none and text.lower() == "none":
+        return None
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise typer.BadParameter(f"{text!r} is not a decimal number", param_hint=option) from None
+    if not value.is_finite():
+        raise typer.BadParameter(f"{text!r} is not a finite number", param_hint=option)
+    return value
+
+
+@policy_app.command("derive")
+def policy_derive(
+    pool: str = typer.Option(..., "--pool"),
+    years: Optional[str] = typer.Option(None, "--years", help="The window: YYYY-YYYY or YYYY,YYYY "
+                                        "(default: the three years before --for)."),
+    for_year: Optional[int] = typer.Option(None, "--for", help="The year the draft is effective for "
+                                           "(default: the year after the window)."),
+    known_at: Optional[str] = KnownAt,
+    output: Path = typer.Option(..., "-o", "--output", help="Draft PolicyVersionPublished events (JSON Lines)."),
+    csv_file: Optional[Path] = typer.Option(None, "--csv", help="The report as CSV (UTF-8 with BOM)."),
+    recorded_at: Optional[str] = typer.Option(None, "--recorded-at", help="recorded_at of the draft events "
+                                              "(default: left out, the ledger stamps the ingest time)."),
+    source: str = typer.Option("operator:workbench", "--source", help="The draft's source."),
+    year_weight: Optional[list[str]] = typer.Option(None, "--year-weight", help="YEAR=WEIGHT, repeatable; "
+                                                    + _WB_SOURCES["year_weights"]),
+    level_share: str = _wb_option("level_share"),
+    cost_share: str = _wb_option("cost_share"),
+    new_hospital_share: str = _wb_option("new_hospital_share"),
+    stable_min_cases: int = typer.Option(_WB.stable_min_cases, "--stable-min-cases",
+                                         help=_WB_SOURCES["stable_min_cases"]),
+    stable_max_cv: str = _wb_option("stable_max_cv"),
+    large_sample_cases: Optional[int] = typer.Option(None, "--large-sample-cases",
+                                                     help=_WB_SOURCES["large_sample_cases"]),
+    positive_gap_max: str = _wb_option("positive_gap_max"),
+    small_uplift: str = _wb_option("small_uplift"),
+    shortfall_floor: str = _wb_option("shortfall_floor"),
+    middle_uplift_min: str = _wb_option("middle_uplift_min"),
+    middle_uplift_max: str = _wb_option("middle_uplift_max"),
+    middle_tier: str = typer.Option(_WB.middle_tier.value, "--middle-tier", help="linear, lowest or highest; "
+                                    + _WB_SOURCES["middle_tier"]),
+    raised_to: str = _wb_option("raised_to"),
+    coefficient_cap: str = _wb_option("coefficient_cap"),
+    grade_3b_discount: str = _wb_option("grade_3b_discount"),
+    min_tertiary_share: str = _wb_option("min_tertiary_share"),
+    database_url: Optional[str] = DatabaseUrl,
+    as_json: bool = JsonOut,
+) -> None:
+    """Derive next year's drg_table, coefficients and catalogue from the window; write the draft (RULES.md 7).
+
+    Nothing is written to the store: the draft is a file to what-if, or to `ingest` when published.
+    """
+    from ledger.workbench import DeriveParameters, MiddleTier, WorkbenchError, draft_events, draft_lines
+    from projections.window import derive_policy
+
+    window = parse_years(years, for_year)
+    target = for_year if for_year is not None else max(window) + 1
+    weights = []
+    for text in year_weight or []:
+        year_text, _, weight_text = text.partition("=")
+        if not year_text.strip().isdigit() or not weight_text:
+            raise typer.BadParameter(f"{text!r} is not YEAR=WEIGHT", param_hint="--year-weight")
+        weights.append((int(year_text), _decimal(weight_text, "--year-weight")))
+    try:
+        tier = MiddleTier(middle_tier)
+    except ValueError:
+        raise typer.BadParameter(f"{middle_tier!r} is not linear, lowest or highest",
+                                 param_hint="--middle-tier") from None
+    try:
+        params = DeriveParameters(
+            year_weights=tuple(weights), level_share=_decimal(level_share, "--level-share"),
+            cost_share=_decimal(cost_share, "--cost-share"),
+            new_hospital_share=_decimal(new_hospital_share, "--new-hospital-share"),
+            stable_min_cases=stable_min_cases, stable_max_cv=_decimal(stable_max_cv, "--stable-max-cv"),
+            large_sample_cases=large_sample_cases, positive_gap_max=_decimal(positive_gap_max, "--positive-gap-max"),
+            small_uplift=_decimal(small_uplift, "--small-uplift"),
+            shortfall_floor=_decimal(shortfall_floor, "--shortfall-floor"),
+            middle_uplift_min=_decimal(middle_uplift_min, "--middle-uplift-min"),
+            middle_uplift_max=_decimal(middle_uplift_max, "--middle-uplift-max"), middle_tier=tier,
+            raised_to=_decimal(raised_to, "--raised-to"),
+            coefficient_cap=_decimal(coefficient_cap, "--coefficient-cap", none=True),
+            grade_3b_discount=_decimal(grade_3b_discount, "--grade-3b-discount"),
+            min_tertiary_share=_decimal(min_tertiary_share, "--min-tertiary-share"),
+        )
+    except WorkbenchError as exc:
+        fail(2, str(exc))
+    stamp = parse_moment(recorded_at)
+    if recorded_at is not None and stamp is not None and len(recorded_at) == 10:
+        stamp = datetime.combine(date.fromisoformat(recorded_at), time(9), CHINA)  # a date: 09:00 that day
+    moment = parse_moment(known_at) or datetime.now(timezone.utc)
+    with open_store(database_url) as store, progress(transient=True) as bar:
+        task = bar.add_task(f"read {pool} {window[0]}-{window[-1]}", total=2 * len(window))
+        try:
+            result = derive_policy(store, pool, window, moment, target, params,
+                                   on_year=lambda y, step: bar.update(task, advance=1, description=f"{step} {y}"))
+        except (WorkbenchError, ClearingError, PolicyMissing) as exc:
+            fail(EXIT_CANNOT_COMPUTE, str(exc))
+    events = draft_events(result, source=source, recorded_at=stamp)
+    output.write_text("".join(line + "\n" for line in draft_lines(events)), encoding="utf-8")
+    if csv_file is not None:
+        from drg_ledger.workbench_report import write_csv
+
+        write_csv(result, csv_file)
+    if as_json:
+        emit(result.as_json() | {"draft": str(output), "csv": str(csv_file) if csv_file else None,
+                                 "events": [{"event_id": e.event_id, "component": e.payload.component.value,
+                                             "version": e.payload.version} for e in events]})
+        return
+    from drg_ledger.workbench_report import print_report
+
+    print_report(result, console)
+    components = ", ".join(e.payload.component.value for e in events)
+    console.print(f"draft: {len(events)} PolicyVersionPublished for {target} ({components}) written to {output}"
+                  + (f"; report CSV {csv_file}" if csv_file else "") + "; nothing written to the store")
+
+
 # --------------------------------------------------------------------------- streaming commands
 
 BootstrapServers = typer.Option("127.0.0.1:9092", "--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS",

@@ -11,7 +11,8 @@ clears the year as known at both moments, records the second clearing as a
 `ClearingCompleted`, and shows one hospital's mid-year balance as known at each moment.
 It ends with the diff of the two clearings, hospital by hospital (ledger/diff.py), and a
 what-if: the recorded clearing against the year under a draft catalogue that raises every
-3A coefficient by 0.1 (projections/whatif.py), never recorded.
+3A coefficient by 0.1 (projections/whatif.py), never recorded; and the policy workbench's
+story (RULES.md 7): 2020's tables derived from 2020 itself, what-if'd, the diff by grade.
 """
 
 from __future__ import annotations
@@ -142,6 +143,7 @@ def run_demo(
     if not quiet:
         _show(console, before, after, grades, names, matched, balances, recorded_id, recorded_new)
     _diff_and_what_if(store, before_py, after_py, recorded_id, result, console, quiet)
+    _derived_what_if(store, recorded_id, result, console, quiet)
     return result
 
 
@@ -400,3 +402,55 @@ def _diff_and_what_if(
         "against the recorded clearing "
         f"(drg-ledger diff --from-clearing ID --to-what-if DRAFT.jsonl)"), border_style="yellow"))
     render_diff(console, what_if, limit=MAX_HOSPITAL_ROWS)
+
+
+# --------------------------------------------------------------------------- the policy workbench (RULES.md 7)
+
+
+def _derived_what_if(store: LedgerStore, recorded_id: str, result: dict[str, Any], console: Console,
+                     quiet: bool) -> None:
+    """The policy workbench on the demo's own year: 2020's tables derived from 2020's cases
+    (RULES.md 7), what-if'd against the recorded 2020 clearing, the diff by grade; never recorded.
+
+    `drg-ledger policy derive --pool panzhihua --years 2020 --for 2020 --known-at T -o DRAFT.jsonl`,
+    then `drg-ledger clear --what-if DRAFT.jsonl` and `drg-ledger diff --from-clearing ID --to-what-if DRAFT.jsonl`.
+    """
+    from ledger.workbench import draft_events
+    from projections.diff import SideSpec, diff_pool_year
+    from projections.whatif import draft_from_events
+    from projections.window import derive_policy
+
+    derivation = derive_policy(store, POOL, [YEAR], WHAT_IF_AT, YEAR)
+    draft = draft_from_events(store, draft_events(derivation), WHAT_IF_AT, name=f"draft-derived-{YEAR}.jsonl",
+                              pool=POOL)
+    moved = diff_pool_year(store, POOL, YEAR, SideSpec(clearing_id=recorded_id), SideSpec(draft=draft))
+    grades = {hid: reg.grade.value for hid, reg in store.hospitals().items() if reg.pool == POOL}
+    rows = _by_grade(moved.before.clearing, moved.after.clearing, grades)
+    stable = sum(1 for g in derivation.groups if g.stable)
+    raised = sum(1 for c in derivation.catalogue_rows if c.after > c.before)
+    lowered = sum(1 for c in derivation.catalogue_rows if c.after < c.before)
+    pv = moved.pool_figures["point_value"]
+    result["workbench"] = {
+        "draft": draft.marker(), "groups": len(derivation.groups), "stable_groups": stable,
+        "overall_average_cost": str(derivation.overall_average_cost), "hospital_coefficients":
+        sum(1 for h in derivation.hospitals if h.coefficient is not None),
+        "catalogue_rows_raised": raised, "catalogue_rows_lowered": lowered, "point_value": pv.as_json(),
+        "by_grade": rows,
+    }
+    if quiet:
+        return
+    console.print(Panel(Text.from_markup(
+        f"[bold]The policy workbench[/] (RULES.md 7): {YEAR}'s tables derived from its own "
+        f"{derivation.total_cases:,} cases as known at {WHAT_IF_AT.isoformat()}: {len(derivation.groups)} groups "
+        f"({stable} stable), AC_all {derivation.overall_average_cost:,}, "
+        f"{result['workbench']['hospital_coefficients']} hospital coefficients, catalogue row x grade {raised} raised "
+        f"/ {lowered} lowered; what-if'd against the recorded clearing, never recorded (drg-ledger policy derive "
+        f"--years {YEAR} --for {YEAR}; clear --what-if; diff --from-clearing --to-what-if)"), border_style="magenta"))
+    table = Table("grade", "hosp.", "net points", "-> draft", "clearing", "-> draft", "change",
+                  title=f"{POOL} {YEAR} by grade: the recorded clearing against the derived draft "
+                        f"(point value {pv.before} -> {pv.after})")
+    for r in rows:
+        table.add_row(r["grade"], str(r["hospitals"]), f"{Decimal(r['net_points_before']):,.4f}",
+                      f"{Decimal(r['net_points_after']):,.4f}", _yuan(Decimal(r["clearing_before"])),
+                      _yuan(Decimal(r["clearing_after"])), _change(Decimal(r["money_change"])))
+    console.print(table)

@@ -45,6 +45,7 @@ class _IndexedRow:
     row: CatalogueRow
     codes: frozenset[str]
     combined: frozenset[str]
+    position: int
 
 
 class Catalogue:
@@ -53,11 +54,12 @@ class Catalogue:
     def __init__(self, body: HighTechCatalogueBody) -> None:
         self.body = body
         self._by_drg: dict[str, list[_IndexedRow]] = {}
-        for row in body.rows:
+        for position, row in enumerate(body.rows):
             indexed = _IndexedRow(
                 row,
                 frozenset(normalise_code(c) for c in row.procedure_codes),
                 frozenset(normalise_code(c) for c in row.combined_with_codes),
+                position,
             )
             self._by_drg.setdefault(row.drg_code.strip().upper(), []).append(indexed)
 
@@ -68,11 +70,30 @@ class Catalogue:
         for 三甲 and 三乙 only, so other grades never match. A row with `combined_with_codes`
         needs one code of each list (rows 48, 51).
         """
-        if grade not in (Grade.G3A, Grade.G3B):
+        found = self._found(drg_code, procedure_codes, grade)
+        if not found:
             return None
+        # seed 000 三(三) 同病组、同级别、同等调整系数: rows sharing a group give one coefficient;
+        # the first row (catalogue order) is cited, and every matching row is listed.
+        first, code, combined = found[0]
+        coefficient = first.row.coef_3a if grade is Grade.G3A else first.row.coef_3b
+        return CatalogueMatch(first.row, coefficient, code, combined, tuple(f[0].row.seq for f in found))
+
+    def rows_matched(self, drg_code: str, procedure_codes: Iterable[str], grade: Grade) -> tuple[int, ...]:
+        """Positions in `body.rows` of every row the case matches (the same matching as `match`).
+
+        RULES.md 7: each catalogue row's uplift is derived from the cases matching that row.
+        """
+        return tuple(indexed.position for indexed, _, _ in self._found(drg_code, procedure_codes, grade))
+
+    def _found(
+        self, drg_code: str, procedure_codes: Iterable[str], grade: Grade
+    ) -> list[tuple[_IndexedRow, str, str | None]]:
+        if grade not in (Grade.G3A, Grade.G3B):
+            return []
         rows = self._by_drg.get(drg_code.strip().upper())
         if not rows:
-            return None
+            return []
         codes = {normalise_code(c) for c in procedure_codes}
         found: list[tuple[_IndexedRow, str, str | None]] = []
         for indexed in rows:
@@ -86,13 +107,7 @@ class Catalogue:
                     continue
                 combined = min(both)
             found.append((indexed, min(hit), combined))
-        if not found:
-            return None
-        # seed 000 三(三) 同病组、同级别、同等调整系数: rows sharing a group give one coefficient;
-        # the first row (catalogue order) is cited, and every matching row is listed.
-        first, code, combined = found[0]
-        coefficient = first.row.coef_3a if grade is Grade.G3A else first.row.coef_3b
-        return CatalogueMatch(first.row, coefficient, code, combined, tuple(f[0].row.seq for f in found))
+        return found
 
 
 def catalogue_from_csv(path: Path, source: str) -> HighTechCatalogueBody:

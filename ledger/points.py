@@ -87,6 +87,16 @@ def coefficient_for(case: CaseSubmitted, hospital_id: str, grade: Grade, book: P
                 "combined_code": hit.combined_code,
             }
             return Coefficient(hit.coefficient, f"high_tech_catalogue:{grade.value}", cite)
+    return coefficient_without_catalogue(case, hospital_id, grade, book)
+
+
+def coefficient_without_catalogue(case: CaseSubmitted, hospital_id: str, grade: Grade, book: PolicyBook) -> Coefficient:
+    """The coefficient of RULES.md 3 steps 3-5, as if no catalogue row matched (RULES.md 7 `c0`).
+
+    3. CoefficientChanged for this DRG code and grade; 4. CoefficientChanged for this hospital;
+    5. the `coefficients` component, hospital's own value else its grade's.
+    """
+    on = case.discharge_date
     change = book.coefficient_change("drg_grade", (case.drg_code, grade), on)
     if change is not None:
         return Coefficient(change.value, "coefficient_change:drg+grade", change.cite())

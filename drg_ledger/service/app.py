@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import queue
 import threading
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -85,9 +84,9 @@ KnownAt = Annotated[str | None, Query(
     description="What the ledger knew at this moment: an ISO date (the end of that day, China time) or "
                 "datetime (no zone means +08:00). Default: now. As the CLI's --known-at.",
     examples=["2021-05-11", "2021-05-12T00:00:00+08:00"], max_length=40)]
-Year = Annotated[int, Query(ge=2000, le=2099, description="The clearing year (cases discharged in it).")]
-PoolId = Annotated[str, Query(alias="pool", pattern=ID, description="A pool (统筹区), e.g. panzhihua.")]
-HospitalId = Annotated[str, Query(pattern=ID, description="A hospital id.")]
+Year = Annotated[int, Query(ge=2000, le=2099, description="The clearing year (cases discharged in it).", examples=[2020])]
+PoolId = Annotated[str, Query(alias="pool", pattern=ID, description="A pool (统筹区).", examples=["panzhihua"])]
+HospitalId = Annotated[str, Query(pattern=ID, description="A hospital id.", examples=["H001"])]
 
 PROBLEM = {"model": ProblemDocument, "content": {"application/problem+json": {}}}
 
@@ -102,35 +101,43 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 class StorePool:
-    """At most `size` open stores, each used by one request at a time (a store is not thread-safe)."""
+    """At most `size` open stores, each used by one request at a time (a store is not thread-safe).
+
+    `close` closes every store (at shutdown); a request after it opens a fresh one.
+    """
 
     def __init__(self, database_url: str, size: int) -> None:
         assert size >= 1
         self.database_url = database_url
-        self._free: queue.LifoQueue[LedgerStore] = queue.LifoQueue()
+        self._free: list[LedgerStore] = []
         self._slots = threading.BoundedSemaphore(size)
-        self._opened: list[LedgerStore] = []
+        self._opened: set[int] = set()
         self._lock = threading.Lock()
 
     @contextmanager
     def store(self) -> Iterator[LedgerStore]:
         with self._slots:
-            try:
-                store = self._free.get_nowait()
-            except queue.Empty:
+            with self._lock:
+                store = self._free.pop() if self._free else None
+            if store is None:
                 store = LedgerStore.open(self.database_url)
                 with self._lock:
-                    self._opened.append(store)
+                    self._opened.add(id(store))
             try:
                 yield store
             finally:
-                self._free.put(store)
+                with self._lock:
+                    if id(store) in self._opened:
+                        self._free.append(store)
+                    else:  # closed while in use
+                        store.close()
 
     def close(self) -> None:
         with self._lock:
-            for store in self._opened:
-                store.close()
+            free, self._free = self._free, []
             self._opened.clear()
+        for store in free:
+            store.close()
 
 
 def known_at_of(text: str | None) -> datetime | None:
@@ -276,6 +283,29 @@ def caller(request: Request, credentials: HTTPAuthorizationCredentials | None = 
 Caller = Annotated[Principal, Depends(caller)]
 
 
+def _query_names(dependant: Any) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def reject_unknown_query(request: Request) -> None:
+    """A query parameter the operation does not take is refused, named: `?knownat=` must not
+    quietly answer as known now."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    allowed = _query_names(dependant)
+    for name in request.query_params:
+        if name not in allowed:
+            raise Problem(422, Code.INVALID_PARAMETER,
+                          f"{name}: unknown query parameter" + (f"; this operation takes {', '.join(sorted(allowed))}"
+                                                                if allowed else "; this operation takes none"),
+                          field=name or "query")
+
+
 def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> FastAPI:
     """The service over the store at `database_url`, with the roles of `tokens`."""
     configure_logging()
@@ -297,7 +327,7 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
             "Send `Authorization: Bearer <token>`; roles: `operator`, `auditor`, `his:<hospital_id>`. "
             "Errors are RFC 9457 `application/problem+json` naming the field."
         ),
-        docs_url=None, redoc_url=None, lifespan=lifespan,
+        docs_url=None, redoc_url=None, lifespan=lifespan, dependencies=[Depends(reject_unknown_query)],
     )
     app.state.store_pool = pool
     app.state.tokens = tokens
@@ -353,7 +383,7 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
         if is_array and not lines:
             raise Problem(422, Code.INVALID_PARAMETER, "body: an empty array", field="body")
         if len(lines) > MAX_EVENTS:
-            raise Problem(413, Code.PAYLOAD_TOO_LARGE, f"body: {len(lines)} events; at most {MAX_EVENTS} a request",
+            raise Problem(422, Code.INVALID_PARAMETER, f"body: {len(lines)} events; at most {MAX_EVENTS} a request",
                           field="body")
         if principal.hospital_id is not None:
             check_his_events(principal, values, is_array)
@@ -432,7 +462,7 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
 
     @app.get("/explain", response_model=ExplanationOut, tags=["cases"], summary="A case's points step by step",
              responses=problems(401, 403, 404, 409))
-    def get_explain(principal: Caller, case: Annotated[str, Query(pattern=ID, description="A case id.")],
+    def get_explain(principal: Caller, case: Annotated[str, Query(pattern=ID, description="A case id.", examples=["C1"])],
                     known_at: KnownAt = None) -> Any:
         """Policy versions used, case type, coefficient and why, verdicts, penalty
         (`drg-ledger explain`). An HIS reads only its own hospital's cases."""
@@ -554,7 +584,9 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
     # ------------------------------------------------------------------ page and docs
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page(request: Request, lang: str = "zh") -> Any:
+    def page(request: Request, lang: str = "zh", pool: str | None = None, year: str | None = None,
+             hospital: str | None = None, known_at: str | None = None) -> Any:
+        """The web page; `pool`, `year`, `hospital`, `known_at` are its state, read by its script."""
         language = lang if lang in i18n.TEXT else "zh"
         return templates.TemplateResponse(request, "index.html", {
             "t": i18n.TEXT[language], "lang": language, "other": "en" if language == "zh" else "zh",

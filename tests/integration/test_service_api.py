@@ -338,3 +338,31 @@ def test_health_and_metrics_need_no_token_and_count_requests_events_and_refusals
     assert 'drg_ledger_http_requests_total{method="GET",route="/clearing",status="401"} 1.0' in text
     assert 'drg_ledger_http_refusals_total{role_kind="anonymous",status="401"} 1.0' in text
     assert 'drg_ledger_http_request_duration_seconds_count{method="GET",route="/healthz"} 1.0' in text
+
+
+def test_an_unknown_query_parameter_is_refused_by_name(client: TestClient) -> None:
+    typo = problem(client.get("/clearing", params={"pool": "panzhihua", "year": 2020, "knownat": BEFORE}, headers=OP),
+                   422, "invalid_parameter", "knownat")
+    assert "known_at" in typo["detail"]
+
+
+def test_the_page_docs_and_openapi_are_served_with_every_asset(client: TestClient) -> None:
+    import re
+
+    for lang, title in (("zh", "DRG 点数法结算账本"), ("en", "DRG point-method settlement ledger")):
+        page = client.get("/", params={"lang": lang, "pool": "panzhihua", "year": "2020", "hospital": "H001"})
+        assert page.status_code == 200 and f"<title>{title}</title>" in page.text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert "/static/vendor/uplot/uPlot.iife.min.js" in assets and "/static/app.js" in assets
+        for asset in assets:
+            assert asset.startswith("/"), asset  # nothing from outside the process
+            if asset.startswith("/static/"):
+                assert client.get(asset).status_code == 200, asset
+    docs = client.get("/docs").text
+    scripts = re.findall(r'(?:src|href)="([^"]+)"', docs)
+    assert scripts and all(s.startswith("/") for s in scripts), scripts
+    assert all(client.get(s).status_code == 200 for s in scripts if s.startswith("/static/"))
+    assert '"validatorUrl": null' in docs
+    spec = ok(client.get("/openapi.json"))
+    assert spec["openapi"].startswith("3.1") and spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert "application/problem+json" in spec["paths"]["/clearing"]["get"]["responses"]["403"]["content"]

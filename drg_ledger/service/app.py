@@ -13,6 +13,7 @@ Started by `drg-ledger serve`; `create_app(database_url, tokens)` builds it for 
 from __future__ import annotations
 
 import base64
+import sqlite3
 import json
 import threading
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import psycopg
+from eventsourcing import persistence as es_persistence
 from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -76,6 +79,10 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_EVENTS = 10_000
 HIS_EVENT_TYPES = ("CaseSubmitted", "CaseWithdrawn")
 """What an HIS submits: its own cases (EVENTS.md "Payloads": the rest is operator-only or ledger-written)."""
+
+STORE_DOWN = (sa_exc.OperationalError, sa_exc.InterfaceError, es_persistence.OperationalError,
+              es_persistence.InterfaceError, psycopg.OperationalError, sqlite3.OperationalError)
+"""The database did not answer (down, unreachable, locked past its timeout): 503, not 500."""
 
 ID = r"^[A-Za-z0-9._:/\-]{1,128}$"
 """Identifiers as EVENTS.md "Limits on input" allows them."""
@@ -163,8 +170,8 @@ def answering() -> Iterator[None]:
         raise Problem(404, Code.NOT_FOUND, str(exc)) from None
     except (ClearingError, PolicyMissing) as exc:
         raise Problem(409, Code.CANNOT_COMPUTE, str(exc)) from None
-    except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-        raise Problem(503, Code.STORE_UNAVAILABLE, f"the store does not answer: {type(exc.orig).__name__}") from None
+    except STORE_DOWN as exc:
+        raise Problem(503, Code.STORE_UNAVAILABLE, f"the store does not answer: {type(exc).__name__}") from None
 
 
 def split_body(raw: bytes) -> tuple[list[bytes], list[Any], bool]:
@@ -389,7 +396,7 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
             check_his_events(principal, values, is_array)
 
         def run() -> dict[str, Any]:
-            with pool.store() as store, answering():
+            with answering(), pool.store() as store:
                 return ingest_lines(store, principal, lines, values, is_array)
 
         out = await run_in_threadpool(run)
@@ -410,7 +417,7 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
         (`drg-ledger clear --record`; RULES.md 5, 6). Operator only."""
         operates(principal, "record a clearing")
         moment = known_at_of(known_at)
-        with pool.store() as store, answering():
+        with answering(), pool.store() as store:
             if not any(h.pool == pool_id for h in store.hospitals().values()):
                 raise NotFound(f"pool {pool_id} has no registered hospital")
             result = clear_pool(store, pool_id, year, moment, record=True)
@@ -425,7 +432,7 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
         """Year-end clearing as known at `known_at` (RULES.md 5; `drg-ledger clear`), read-only.
         An HIS sees its own pool's point value and totals and its own line only."""
         moment = known_at_of(known_at)
-        with pool.store() as store, answering():
+        with answering(), pool.store() as store:
             reads_pool(principal, store, pool_id)
             if not any(h.pool == pool_id for h in store.hospitals().values()):
                 raise NotFound(f"pool {pool_id} has no registered hospital")
@@ -443,7 +450,7 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
         reads_hospital(principal, hospital)
         day = day_of(as_of, "as_of")
         moment = known_at_of(known_at)
-        with pool.store() as store, answering():
+        with answering(), pool.store() as store:
             return hospital_balance(store, hospital, day, moment).as_json()
 
     @app.get("/balance-series", response_model=BalanceSeriesOut, tags=["balances"],
@@ -453,7 +460,7 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
         what the web page draws. A month end that cannot be computed carries `error`."""
         reads_hospital(principal, hospital)
         moment = known_at_of(known_at)
-        with pool.store() as store, answering():
+        with answering(), pool.store() as store:
             at = moment or now()
             series = timeline.balance_series(store, hospital, year, at)
             pool_id = hospital_pool(store, hospital)
@@ -467,7 +474,7 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
         """Policy versions used, case type, coefficient and why, verdicts, penalty
         (`drg-ledger explain`). An HIS reads only its own hospital's cases."""
         moment = known_at_of(known_at)
-        with pool.store() as store, answering():
+        with answering(), pool.store() as store:
             data = explain_case(store, case, moment)
         reads_hospital(principal, data["hospital_id"], "case")
         return data
@@ -481,7 +488,7 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
         points first (RULES.md 3, 4)."""
         reads_hospital(principal, hospital)
         moment = known_at_of(known_at)
-        with pool.store() as store, answering():
+        with answering(), pool.store() as store:
             return timeline.hospital_cases(store, hospital, year, moment, limit=limit, offset=offset)
 
     @app.get("/totals", response_model=list[TotalsRowOut], tags=["balances"],
@@ -496,7 +503,7 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
             if hospital is not None:
                 reads_hospital(principal, hospital)
             hospital = principal.hospital_id
-        with pool.store() as store, answering():
+        with answering(), pool.store() as store:
             create_tables(store.engine)
             return [r.as_json() for r in read_rows(store.engine, pool_id, year, hospital)]
 
@@ -507,7 +514,7 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
         (`drg-ledger dead-letters`). Operators and auditors only: they hold other hospitals' bytes."""
         if not principal.reads_everything:
             raise forbidden(f"role {principal.role} may not read dead letters: operators and auditors only")
-        with pool.store() as store, answering():
+        with answering(), pool.store() as store:
             rows = store.dead_letters(limit=limit)
         return [{"id": r.id, "received_at": r.received_at.isoformat(), "origin": r.origin, "event_id": r.event_id,
                  "field": r.field, "reason": r.reason, "raw": r.raw.decode("utf-8", errors="replace"),
@@ -523,7 +530,7 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
         at `known_at` (RULES.md 2, 3); `body=true` adds each version's data."""
         day = day_of(on, "on")
         moment = known_at_of(known_at)
-        with pool.store() as store, answering():
+        with answering(), pool.store() as store:
             reads_pool(principal, store, pool_id)
             timeline.pool_hospitals(store, pool_id)  # 404 for a pool nobody registered in
             return timeline.policies_in_force(store, pool_id, day, moment, with_body=body)
@@ -533,7 +540,7 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
     def get_moments(principal: Caller, pool_id: PoolId, year: Year) -> Any:
         """The instants at which the pool-year's figures can change: policy versions and
         coefficient changes valid in the year, its budget, its recorded clearings."""
-        with pool.store() as store, answering():
+        with answering(), pool.store() as store:
             reads_pool(principal, store, pool_id)
             timeline.pool_hospitals(store, pool_id)
             return {"pool": pool_id, "year": year, "moments": timeline.policy_moments(store, pool_id, year)}
@@ -542,7 +549,7 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
              responses=problems(401, 403, 404))
     def get_hospitals(principal: Caller, pool_id: PoolId) -> Any:
         """The pool's registered hospitals (an HIS: its own)."""
-        with pool.store() as store, answering():
+        with answering(), pool.store() as store:
             reads_pool(principal, store, pool_id)
             rows = timeline.pool_hospitals(store, pool_id)
         return [h for h in rows if principal.reads_everything or h["hospital_id"] == principal.hospital_id]
@@ -551,7 +558,7 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
              responses=problems(401))
     def get_pools(principal: Caller) -> Any:
         """Every pool with a registered hospital, and the years with cases or a budget (an HIS: its own)."""
-        with pool.store() as store, answering():
+        with answering(), pool.store() as store:
             rows = timeline.pools(store)
             own = store.hospitals().get(principal.hospital_id or "")
         if principal.reads_everything:
@@ -569,7 +576,7 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
         """`ok` when the store answers (no token needed)."""
         from projections.running_totals import store_position
 
-        with pool.store() as store, answering():
+        with answering(), pool.store() as store:
             with store.engine.connect() as conn:
                 position = store_position(conn)
             return {"status": "ok", "database": store.engine.dialect.name, "position": position}

@@ -16,7 +16,13 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class HospitalLineOut(_Out):
+class _Core(BaseModel):
+    """A figure the core computes (`as_json`): more members may come (e.g. the basis it was read from)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class HospitalLineOut(_Core):
     hospital_id: str
     settled_points: Decimal_
     deducted_points: Decimal_
@@ -27,7 +33,7 @@ class HospitalLineOut(_Out):
     clearing_amount: Decimal_
 
 
-class ClearingOut(_Out):
+class ClearingOut(_Core):
     """RULES.md 5, as `drg-ledger clear --json` prints it, plus whether it was recorded."""
 
     pool: str
@@ -40,7 +46,7 @@ class ClearingOut(_Out):
     recorded: bool = False
 
 
-class BalanceOut(_Out):
+class BalanceOut(_Core):
     """RULES.md 6, as `drg-ledger balance --json` prints it."""
 
     hospital_id: str

@@ -366,3 +366,10 @@ def test_the_page_docs_and_openapi_are_served_with_every_asset(client: TestClien
     spec = ok(client.get("/openapi.json"))
     assert spec["openapi"].startswith("3.1") and spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert "application/problem+json" in spec["paths"]["/clearing"]["get"]["responses"]["403"]["content"]
+
+
+def test_a_store_that_does_not_answer_is_a_503_problem() -> None:
+    # Nothing listens on port 1 of loopback: the store cannot be opened.
+    app = create_app("postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=2", TokenBook.empty())
+    with TestClient(app, raise_server_exceptions=False) as c:
+        problem(c.get("/healthz"), 503, "store_unavailable")

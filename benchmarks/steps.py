@@ -48,11 +48,12 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def step_ingest(args: argparse.Namespace) -> dict[str, Any]:
-    from projections.store import LedgerStore
+    from projections.store import Backfill, LedgerStore
 
     with LedgerStore.open(args.url) as store, open(args.file, "rb") as fh:
         seconds, report = timed(
-            lambda: store.ingest((line.rstrip(b"\r\n") for line in fh), origin=f"file:{args.file}", batch_size=2000)
+            lambda: store.ingest((line.rstrip(b"\r\n") for line in fh), origin=f"file:{args.file}", batch_size=2000,
+                                 backfill=Backfill.of_file(args.file))
         )
     return {
         "accepted": report.accepted,

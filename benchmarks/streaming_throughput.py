@@ -190,7 +190,7 @@ def main() -> None:
         lines = path.read_bytes().splitlines()
         ids = [json.loads(line)["event_id"] for line in lines]
 
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DRG_LEDGER_DATABASE_URL": url,
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "DRG_LEDGER_DATABASE_URL": url, "DRG_LEDGER_LATE_WINDOW_DAYS": "36500",
                "DRG_LEDGER_TOPIC_PREFIX": prefix, "PYTHONWARNINGS": "ignore::DeprecationWarning",
                "PYTHONPATH": str(ROOT)}
         log = work / "worker.log"

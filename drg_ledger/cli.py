@@ -37,10 +37,11 @@ KnownAt = typer.Option(None, "--known-at", help="What the ledger knew at this mo
 EXIT_REJECTED, EXIT_NOT_FOUND, EXIT_CANNOT_COMPUTE = 1, 3, 4
 
 
-def parse_moment(text: str | None) -> datetime | None:
-    """`--known-at` as `drg_ledger.moments.parse_moment` reads it (shared with the HTTP service)."""
+def parse_moment(text: str | None, option: str = "--known-at") -> datetime | None:
+    """`--known-at` as `drg_ledger.moments.parse_moment` reads it (shared with the HTTP service):
+    a date means the end of that day; a time without zone is China time."""
     try:
-        return moments.parse_moment(text)
+        return moments.parse_moment(text, option)
     except moments.BadMoment as exc:
         raise typer.BadParameter(exc.reason, param_hint=exc.field) from None
 
@@ -81,17 +82,21 @@ def ingest(
     database_url: Optional[str] = DatabaseUrl,
     as_json: bool = JsonOut,
     batch_size: int = typer.Option(2000, min=1, help="Events per journal transaction."),
-    backfill: bool = typer.Option(False, "--backfill", help="Load history: admit recorded_at older than the "
-                                  "late-arrival window; journals one HistoryBackfilled (EVENTS.md)."),
+    backfill: bool = typer.Option(False, "--backfill", help="Load history (operators only): admit recorded_at "
+                                  "older than the late-arrival window; journals HistoryBackfilled (EVENTS.md)."),
+    run_by: Optional[str] = typer.Option(None, "--run-by", help="Who runs the backfill (default operator:<login>)."),
 ) -> None:
     """Append events from a file; report accepted, duplicates and every rejected line (EVENTS.md)."""
+    from projections.store import Backfill
+
     with file.open("rb") as fh:
         total = sum(1 for _ in fh)
+    load = Backfill.of_file(file, run_by) if backfill else None
     with open_store(database_url) as store, progress() as bar, file.open("rb") as fh:
         task = bar.add_task(f"ingest {file.name}", total=total)
         report = store.ingest(
             (line.rstrip(b"\r\n") for line in fh), origin=f"file:{file}", batch_size=batch_size,
-            on_progress=lambda n: bar.update(task, completed=n), backfill=backfill,
+            on_progress=lambda n: bar.update(task, completed=n), backfill=load or False,
         )
     out = report.to_json()
     if as_json:
@@ -149,6 +154,8 @@ def clear(
     console.print(f"point value [bold]{result.point_value}[/bold] yuan/point = "
                   f"({'budget + personal paid' if result.personal_paid_inside else 'budget'}) / {result.total_points:,} points; "
                   f"budget {result.budget:,}" + (" — recorded as ClearingCompleted" if record else ""))
+    if result.basis is not None:
+        console.print(result.basis.text())
 
 
 def _signed(x: Any) -> str:
@@ -190,8 +197,11 @@ def balance(
         return
     table = Table("figure", "value", title=f"{hospital} balance on {day}, as known at {result.known_at.isoformat()}")
     for key, value in data.items():
-        table.add_row(key, str(value))
+        if key != "basis":
+            table.add_row(key, str(value))
     console.print(table)
+    if result.basis is not None:
+        console.print(result.basis.text())
 
 
 @app.command()
@@ -223,29 +233,62 @@ def explain(
 @app.command("dead-letters")
 def dead_letters(
     limit: int = typer.Option(50, min=1),
+    since: Optional[str] = typer.Option(None, "--since", help="Only those received at or after this moment."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Only those whose field or reason contains this text."),
+    raw: bool = typer.Option(False, "--raw", help="Show the raw bytes too (escaped)."),
     database_url: Optional[str] = DatabaseUrl,
     as_json: bool = JsonOut,
 ) -> None:
-    """Rejected input, kept whole with its reason and origin (EVENTS.md "Bad input")."""
+    """Refused input, kept whole: origin, field, reason, and the raw bytes on request (EVENTS.md "Bad input")."""
     with open_store(database_url) as store:
-        rows = store.dead_letters(limit=limit)
-    data = [r.to_json() if hasattr(r, "to_json") else r.__dict__ for r in rows]
+        rows = store.dead_letters(limit=limit, since=parse_moment(since, "--since"), reason=reason)
+    data = [r.as_json(raw=raw) for r in rows]
     if as_json:
         emit(data)
         return
-    table = Table("received", "origin", "event_id", "reason")
+    table = Table("received", "origin", "event_id", "field", "reason", "bytes", *(["raw"] if raw else []),
+                  title="dead letters, newest first", show_lines=raw)
     for r in data:
-        table.add_row(str(r.get("received_at")), str(r.get("origin")), str(r.get("event_id") or ""), str(r.get("reason")))
+        table.add_row(r["received_at"], r["origin"], r["event_id"] or "", r["field"], r["reason"],
+                      f"{r['raw_length']:,}", *([r["raw"][:500]] if raw else []))
     console.print(table)
 
 
-@app.command("rebuild-projections")
-def rebuild_projections(database_url: Optional[str] = DatabaseUrl) -> None:
-    """Drop the index and rebuild it from the journal alone; derive any penalty still missing."""
+@app.command()
+def doctor(
+    check_only: bool = typer.Option(False, "--check-only", help="Report, repair nothing."),
+    database_url: Optional[str] = DatabaseUrl,
+    as_json: bool = JsonOut,
+) -> None:
+    """Check the store (index and derivations caught up with the journal, constraints present) and
+    repair what can be derived again, saying what it did. Exit 1 when a problem remains."""
     with open_store(database_url) as store:
-        n = store.rebuild_index()
-        penalties = store.derive_penalties()
-    console.print(f"index rebuilt from the journal: {n} events; {penalties} missing penalties derived")
+        checks = store.doctor(repair=not check_only)
+    if as_json:
+        emit([c.as_json() for c in checks])
+    else:
+        table = Table("check", "status", "detail", title="drg-ledger doctor")
+        colour = {"ok": "green", "repaired": "yellow", "problem": "red"}
+        for c in checks:
+            table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/{colour[c.status]}]", c.detail)
+        console.print(table)
+    if any(c.status == "problem" for c in checks):
+        raise typer.Exit(EXIT_REJECTED)
+
+
+@app.command()
+def rebuild(database_url: Optional[str] = DatabaseUrl, as_json: bool = JsonOut) -> None:
+    """Rebuild everything derived from the journal alone: the index, the pool claims, the penalties."""
+    with open_store(database_url) as store:
+        done = store.rebuild()
+    if as_json:
+        emit(done)
+    else:
+        console.print(f"rebuilt from the journal: index {done['events']:,} events; {done['pool_claims']} pool "
+                      f"claims restored; {done['penalties']} missing penalties derived")
+
+
+app.command("rebuild-projections", hidden=True, help="Old name of `rebuild`.")(rebuild)
 
 
 @app.command()

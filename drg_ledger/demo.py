@@ -13,7 +13,6 @@ clears the year as known at both moments, records the second clearing as a
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -27,7 +26,8 @@ from rich.text import Text
 
 from drg_ledger.generate import expected_events, generate
 from ledger.clearing import Balance, Clearing, PoolYear, balance, clearing, settle
-from ledger.events import ENVELOPES, canonical_json
+from projections.queries import record_clearing
+from projections.store import Backfill
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -85,7 +85,7 @@ def run_demo(
             )
         with _progress(console, quiet) as progress, path.open("rb") as fh:
             task = progress.add_task("ingesting", total=summary.events)
-            report = store.ingest(fh, origin=f"demo:{path.name}", backfill=True, on_progress=lambda n: progress.update(task, completed=n))
+            report = store.ingest(fh, origin=f"demo:{path.name}", backfill=Backfill.of_file(path), on_progress=lambda n: progress.update(task, completed=n))
     if not quiet:
         style = "green" if not report.rejected else "red"
         console.print(
@@ -101,7 +101,7 @@ def run_demo(
     before_py = settle(events, POOL, YEAR, BEFORE)
     after_py = settle(events, POOL, YEAR, AFTER)
     before, after = clearing(before_py), clearing(after_py)
-    recorded_id, recorded_new = _record(store, after)
+    recorded_id, recorded_new = record_clearing(store, after)
     grades = {hid: h.grade.value for hid, h in after_py.hospitals.items()}
     names = {hid: h.name for hid, h in after_py.hospitals.items()}
     featured = _featured_hospital(before, after, grades)
@@ -148,22 +148,6 @@ def _progress(console: Console, quiet: bool) -> Progress:
         transient=True,
         disable=quiet,
     )
-
-
-def _record(store: LedgerStore, result: Clearing) -> tuple[str, bool]:
-    """Record the clearing as a `ClearingCompleted` (RULES.md 6); its id names its content,
-    so running the demo again records nothing new."""
-    payload = result.completed()
-    digest = hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()[:16]
-    event_id = f"clearing:{result.pool}:{result.year}:{result.known_at.isoformat()}:{digest}"
-    completed = ENVELOPES["ClearingCompleted"](
-        event_id=event_id,
-        event_type="ClearingCompleted",
-        recorded_at=datetime.now(timezone.utc),
-        source="system",
-        payload=payload,
-    )
-    return event_id, store.append_system_events([completed]) > 0
 
 
 def _featured_hospital(before: Clearing, after: Clearing, grades: dict[str, str]) -> str | None:

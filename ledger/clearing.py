@@ -227,6 +227,33 @@ class HospitalLine:
 
 
 @dataclass(frozen=True, slots=True)
+class Basis:
+    """What an answer rests on: the journal position read, how many events, and the latest
+    `ingested_at` among them — so a figure from a half-ingested store says so."""
+
+    journal_position: int
+    events_read: int
+    latest_ingested_at: datetime | None
+
+    @classmethod
+    def of(cls, events: list[Any], journal_position: int) -> Basis:
+        stamps = [e.ingested_at for e in events if getattr(e, "ingested_at", None) is not None]
+        return cls(journal_position, len(events), max(stamps, default=None))
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "journal_position": self.journal_position,
+            "events_read": self.events_read,
+            "latest_ingested_at": None if self.latest_ingested_at is None else self.latest_ingested_at.isoformat(),
+        }
+
+    def text(self) -> str:
+        latest = "none" if self.latest_ingested_at is None else self.latest_ingested_at.isoformat(timespec="seconds")
+        return (f"based on {self.events_read:,} events up to journal position {self.journal_position:,}; "
+                f"latest ingested at {latest}")
+
+
+@dataclass(frozen=True, slots=True)
 class Clearing:
     """A year-end clearing of a pool (RULES.md 5)."""
 
@@ -238,9 +265,10 @@ class Clearing:
     budget: Decimal
     personal_paid_inside: bool
     hospitals: list[HospitalLine]
+    basis: Basis | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "pool": self.pool,
             "year": self.year,
             "known_at": self.known_at.isoformat(),
@@ -249,6 +277,9 @@ class Clearing:
             "budget": str(self.budget),
             "hospitals": [h.as_json() for h in self.hospitals],
         }
+        if self.basis is not None:
+            out["basis"] = self.basis.as_json()
+        return out
 
     def completed(self) -> ClearingCompleted:
         """The `ClearingCompleted` payload that records this run (RULES.md 6)."""
@@ -365,9 +396,10 @@ class Balance:
     point_value_kind: str  # "final" or "provisional"
     line: HospitalLine
     budget_in_window: Decimal | None
+    basis: Basis | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "hospital_id": self.hospital_id,
             "pool": self.pool,
             "as_of": self.as_of.isoformat(),
@@ -376,6 +408,9 @@ class Balance:
             "point_value_kind": self.point_value_kind,
             **{k: v for k, v in self.line.as_json().items() if k != "hospital_id"},
         }
+        if self.basis is not None:
+            out["basis"] = self.basis.as_json()
+        return out
 
 
 def balance(py: PoolYear, hospital_id: str, as_of: date) -> Balance:

@@ -413,6 +413,21 @@ class ClearingResult(_Model):
     clearing_amount: Decimal
 
 
+class HistoryBackfilled(_Model):
+    """An operator loaded back-stamped history (EVENTS.md "Transaction time, seals and backfill").
+
+    Written by the ledger in the same journal transaction as the events it covers, one per
+    transaction of the load, so an interrupted load is recorded exactly as far as it got.
+    """
+
+    run_by: Text
+    file_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    events: int = Field(ge=1)
+    recorded_from: AwareDatetime
+    recorded_to: AwareDatetime
+    origin: str | None = None
+
+
 class ClearingCompleted(_Model):
     """A year-end clearing run, recorded (RULES.md 5, 6). Written by the ledger."""
 
@@ -442,7 +457,7 @@ OPERATOR_ONLY = frozenset(
 
 HospitalRegistered is added: a hospital cannot enrol itself in a pool (README, "Readings")."""
 
-LEDGER_WRITTEN = frozenset({"PenaltyImposed", "ClearingCompleted"})
+LEDGER_WRITTEN = frozenset({"PenaltyImposed", "ClearingCompleted", "HistoryBackfilled"})
 """Event types only the ledger writes (EVENTS.md: "written by the ledger")."""
 
 SOURCE_PATTERN = r"^(his:[A-Za-z0-9_.\-]+|operator:[^\s:][^\s]*|system)$"
@@ -454,6 +469,8 @@ class _Envelope(_Model):
     event_id: Annotated[str, Field(min_length=1, max_length=200)]
     schema_version: Literal[1] = 1
     recorded_at: AwareDatetime | None = None
+    ingested_at: AwareDatetime | None = None
+    """Written by the ledger on every accepted event, its own clock (EVENTS.md "Envelope")."""
     source: Annotated[str, Field(pattern=SOURCE_PATTERN)]
 
     @model_validator(mode="after")
@@ -500,6 +517,7 @@ PAYLOADS: dict[str, type[_Model]] = {
     "PenaltyImposed": PenaltyImposed,
     "PrepaymentMade": PrepaymentMade,
     "ClearingCompleted": ClearingCompleted,
+    "HistoryBackfilled": HistoryBackfilled,
 }
 ENVELOPES: dict[str, type[_Envelope]] = {name: _envelope(name, p) for name, p in PAYLOADS.items()}
 for _cls in ENVELOPES.values():
@@ -511,6 +529,9 @@ LedgerEvent = Annotated[Union[tuple(ENVELOPES.values())], Field(discriminator="e
 EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(LedgerEvent)
 
 # --------------------------------------------------------------------------- parsing
+
+MAX_LINE_BYTES = 1 << 20
+"""EVENTS.md "Limits on input": a line over 1 MiB is refused."""
 
 
 class InvalidEvent(ValueError):
@@ -572,8 +593,13 @@ def parse_event(raw: bytes | str | dict[str, Any]) -> Any:
 
 
 def canonical_json(event: Any) -> str:
-    """The event's content as canonical JSON: what `event_id` idempotency compares."""
-    return json.dumps(event.model_dump(mode="json"), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    """The event's content as canonical JSON: what `event_id` idempotency compares.
+
+    `ingested_at` appears once the ledger stamped it; an event as sent has none."""
+    data = event.model_dump(mode="json")
+    if data.get("ingested_at", 0) is None:
+        del data["ingested_at"]
+    return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def content_hash(event: Any) -> str:
@@ -586,3 +612,9 @@ def stamped(event: Any, now: datetime) -> Any:
     if event.recorded_at is not None:
         return event
     return event.model_copy(update={"recorded_at": now})
+
+
+def ingested(event: Any, now: datetime) -> Any:
+    """The event as the ledger records it: `recorded_at` stamped when absent, `ingested_at`
+    always `now` (EVENTS.md "Envelope": the ledger's own clock, never the sender's)."""
+    return event.model_copy(update={"recorded_at": event.recorded_at or now, "ingested_at": now})

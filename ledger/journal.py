@@ -124,6 +124,20 @@ class Journal(Application[UUID]):
                 return
             after = chunk[-1][0]
 
+    def count(self) -> int:
+        """How many entries the journal holds (one per notification)."""
+        return sum(1 for _ in self.replay_ids())
+
+    def replay_ids(self, page: int = 50_000) -> Iterator[int]:
+        """Every notification id, in order, without decoding the entries."""
+        after = 0
+        while True:
+            notifications = self.recorder.select_notifications(after + 1, page)
+            yield from (n.id for n in notifications)
+            if len(notifications) < page:
+                return
+            after = notifications[-1].id
+
     def head(self) -> int:
         """The last notification id recorded (0 when the journal is empty)."""
         return self.recorder.max_notification_id() or 0

@@ -6,11 +6,13 @@ the pure core in `ledger/`. `cold=True` reads the journal itself instead of the 
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ledger.clearing import Balance, Clearing, balance, clearing, settle
-from ledger.events import ENVELOPES
+from ledger.clearing import Balance, Basis, Clearing, balance, clearing, settle
+from ledger.events import ENVELOPES, canonical_json
 from ledger.explain import UnknownCase, explain
 
 if TYPE_CHECKING:
@@ -25,30 +27,43 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def pool_year_events(store: LedgerStore, pool: str, year: int, known_at: datetime, *, cold: bool = False) -> list[Any]:
-    """The events needed to settle `pool` for `year` as known at `known_at`."""
+def pool_year_events(
+    store: LedgerStore, pool: str, year: int, known_at: datetime, *, cold: bool = False
+) -> tuple[list[Any], int]:
+    """The events needed to settle `pool` for `year` as known at `known_at`, and the journal
+    position they were read at (the index's, or the last journal entry replayed)."""
     if cold:
-        return list(store.replay(known_at=known_at))
-    return store.load(pool=pool, year=year, known_at=known_at)
+        head = store.journal.head()
+        return list(store.replay(known_at=known_at, until=head)), head
+    events = store.load(pool=pool, year=year, known_at=known_at)
+    return events, store.position
 
 
 def clear_pool(
     store: LedgerStore, pool: str, year: int, known_at: datetime | None = None, *, record: bool = False, cold: bool = False
 ) -> Clearing:
-    """Year-end clearing (RULES.md 5); with `record`, append a `ClearingCompleted` (RULES.md 6)."""
+    """Year-end clearing (RULES.md 5); with `record`, append a `ClearingCompleted` (RULES.md 6)
+    whose id is derived from its content, so recording the same clearing twice is one event."""
     known_at = known_at or now()
-    result = clearing(settle(pool_year_events(store, pool, year, known_at, cold=cold), pool, year, known_at))
+    events, position = pool_year_events(store, pool, year, known_at, cold=cold)
+    result = replace(clearing(settle(events, pool, year, known_at)), basis=Basis.of(events, position))
     if record:
-        stamp = now()
-        completed = ENVELOPES["ClearingCompleted"](
-            event_id=f"clearing:{pool}:{year}:{known_at.isoformat()}:{stamp.isoformat()}",
-            event_type="ClearingCompleted",
-            recorded_at=stamp,
-            source="system",
-            payload=result.completed(),
-        )
-        store.append_system_events([completed])
+        record_clearing(store, result)
     return result
+
+
+def record_clearing(store: LedgerStore, result: Clearing) -> tuple[str, bool]:
+    """Appends the `ClearingCompleted` of `result` (RULES.md 6), which seals its pool-year up
+    to its known_at (EVENTS.md "Transaction time, seals and backfill"). Its id is derived
+    from its content, so recording the same clearing twice is one event. Returns the id and
+    whether it was new."""
+    payload = result.completed()
+    digest = hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
+    event_id = f"clearing:{result.pool}:{result.year}:{digest[:32]}"
+    completed = ENVELOPES["ClearingCompleted"](
+        event_id=event_id, event_type="ClearingCompleted", recorded_at=now(), source="system", payload=payload
+    )
+    return event_id, store.append_system_events([completed]) > 0
 
 
 def hospital_pool(store: LedgerStore, hospital_id: str) -> str:
@@ -63,8 +78,9 @@ def hospital_balance(store: LedgerStore, hospital_id: str, as_of: date, known_at
     """A hospital's balance at a date as known at a moment (RULES.md 6)."""
     known_at = known_at or now()
     pool = hospital_pool(store, hospital_id)
-    py = settle(pool_year_events(store, pool, as_of.year, known_at), pool, as_of.year, known_at)
-    return balance(py, hospital_id, as_of)
+    events, position = pool_year_events(store, pool, as_of.year, known_at)
+    py = settle(events, pool, as_of.year, known_at)
+    return replace(balance(py, hospital_id, as_of), basis=Basis.of(events, position))
 
 
 def explain_case(store: LedgerStore, case_id: str, known_at: datetime | None = None) -> dict[str, Any]:
@@ -78,7 +94,12 @@ def explain_case(store: LedgerStore, case_id: str, known_at: datetime | None = N
     pool = hospital_pool(store, hospital_id)
     years = {e.payload.discharge_date.year for e in submissions}
     events = {e.event_id: e for y in years for e in store.load(pool=pool, year=y, known_at=known_at)}
+    position = store.position
     try:
-        return explain(list(events.values()), case_id, known_at)
+        out = explain(list(events.values()), case_id, known_at)
     except UnknownCase as exc:
         raise NotFound(str(exc)) from None
+    ingested_at = {e.event_id: e.ingested_at for e in submissions}
+    out["ingested_at"] = {eid: (t.isoformat() if t else None) for eid, t in ingested_at.items()}
+    out["basis"] = Basis.of(list(events.values()), position).as_json()
+    return out

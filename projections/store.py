@@ -11,6 +11,7 @@ Not thread-safe: one store per thread (the CLI and the stream agents are sequent
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import os
 import re
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias, TypeVar
 
 from eventsourcing.persistence import DatabaseError as JournalDatabaseError
@@ -53,15 +54,18 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, create_engine, make_url
 from sqlalchemy.types import TypeEngine
 
+from ledger.derivation import penalty_events
 from ledger.events import (
     ENVELOPES,
     LEDGER_WRITTEN,
+    MAX_LINE_BYTES,
     InvalidEvent,
     canonical_json,
+    ingested,
     parse_event,
     stamped,
 )
-from ledger.derivation import penalty_events
+from ledger.impact import Seal, Seals, impact
 from ledger.journal import Journal, LedgerEntry
 
 T = TypeVar("T")
@@ -89,8 +93,30 @@ NEEDS_REGISTERED_HOSPITAL = frozenset({"CaseSubmitted", "CaseWithdrawn"})
 _UNBLOCKS_PENALTIES = frozenset({"PolicyVersionPublished", "CoefficientChanged", "HospitalRegistered"})
 
 _INDEX = "ledger_index"
+_PENALTIES = "penalties"  # tracking row: journal position up to which penalties are derived
 _PAGE = 5_000  # journal entries per index transaction when catching up
 _IN_CHUNK = 900  # values per IN (...) lookup; below every driver's parameter limit
+
+LATE_WINDOW_ENV = "DRG_LEDGER_LATE_WINDOW_DAYS"
+DEFAULT_LATE_WINDOW = timedelta(days=7)
+"""EVENTS.md "Transaction time": a `recorded_at` older than ingest time minus this is refused
+unless loaded with `--backfill`."""
+FUTURE_TOLERANCE = timedelta(minutes=5)
+"""EVENTS.md "Transaction time": `recorded_at` more than 5 minutes after `ingested_at` is refused."""
+STATEMENT_TIMEOUT_ENV = "DRG_LEDGER_STATEMENT_TIMEOUT_S"
+DEFAULT_STATEMENT_TIMEOUT_S = 600
+"""Every statement on PostgreSQL runs under this timeout; locks are waited for at most 30 s."""
+
+FAULT_ENV = "DRG_LEDGER_FAULT_AT"
+"""Fault injection for tests: the process exits (code 99, no clean-up, like a kill) at the
+named step of an append: `dead-letters`, `before-journal`, `journal`, `index`, `derivation`."""
+FAULT_STEPS = ("dead-letters", "before-journal", "journal", "index", "derivation")
+
+
+def checkpoint(step: str) -> None:
+    """A step of an append is done; under `$DRG_LEDGER_FAULT_AT=step` the process dies here."""
+    if os.environ.get(FAULT_ENV) == step:
+        os._exit(99)
 
 
 # --------------------------------------------------------------------------- tables
@@ -143,6 +169,7 @@ index_table = Table(
     Column("hospital_id", String(40)),
     Column("case_id", String(40)),
     Column("year", Integer),
+    Column("ingested_at", UtcDateTime(), comment="the ledger's clock when it accepted the event"),
     Column("content_hash", String(64), nullable=False, comment="sha256 of the event as submitted"),
     Column("body", Text, nullable=False, comment="canonical JSON of the event as recorded"),
     Index(f"ix_{_INDEX}_pool_year", "pool", "year"),
@@ -167,9 +194,18 @@ dead_letters_table = Table(
     Column("event_id", Text),
     Column("field", Text, nullable=False),
     Column("reason", Text, nullable=False),
-    Column("raw", LargeBinary, nullable=False),
-    # A redelivered refusal (Kafka at-least-once) is recognised by its origin.
-    Index("ix_dead_letters_origin", "origin"),
+    Column("raw", LargeBinary, nullable=False, comment="as received; its first 1 MiB when longer"),
+    Column("raw_length", BigInteger, nullable=False),
+    Column("raw_sha256", String(64), nullable=False),
+    # Once per (origin, raw bytes): a file ingested again or a Kafka record redelivered.
+    Index("ux_dead_letters_origin_raw", "origin", "raw_sha256", unique=True),
+)
+
+hospital_pools_table = Table(
+    "hospital_pools",
+    metadata,
+    Column("hospital_id", String(200), primary_key=True, comment="RULES.md 1: one pool per hospital, ever"),
+    Column("pool", String(200), nullable=False),
 )
 
 
@@ -224,6 +260,55 @@ class DeadLetter:
     field: str
     reason: str
     raw: bytes
+    raw_length: int
+    raw_sha256: str
+
+    def as_json(self, *, raw: bool = False) -> dict[str, Any]:
+        """JSON-ready; `raw` adds the bytes as text, undecodable bytes and controls escaped."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "received_at": self.received_at.isoformat(),
+            "origin": self.origin,
+            "event_id": self.event_id,
+            "field": self.field,
+            "reason": self.reason,
+            "raw_length": self.raw_length,
+            "raw_sha256": self.raw_sha256,
+        }
+        if raw:
+            out["raw"] = escaped(self.raw)
+        return out
+
+
+def escaped(raw: bytes) -> str:
+    """Bytes as printable text: UTF-8 where valid, `\\xNN` for other bytes, controls escaped."""
+    text = raw.decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """An operator's load of history (EVENTS.md "Transaction time, seals and backfill")."""
+
+    run_by: str
+    file_sha256: str
+
+    @classmethod
+    def of_file(cls, path: str | os.PathLike[str], run_by: str | None = None) -> Backfill:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        return cls(run_by or default_run_by(), digest.hexdigest())
+
+
+def default_run_by() -> str:
+    """Who runs a backfill when not told: `operator:<login>`."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in a container
+        user = "unknown"
+    return f"operator:{user}"
 
 
 @dataclass
@@ -239,6 +324,18 @@ class _Entry:
     raw: bytes = b""
 
 
+@dataclass(frozen=True)
+class Check:
+    """One check of `doctor`: `status` is `ok`, `repaired` or `problem`."""
+
+    name: str
+    status: str
+    detail: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"check": self.name, "status": self.status, "detail": self.detail}
+
+
 class _IndexMoved(Exception):
     """Another writer advanced the index between our read and our write."""
 
@@ -249,9 +346,19 @@ class _IndexMoved(Exception):
 class LedgerStore:
     """The one storage object: append (`ingest`, `append_system_events`) and read (`load`...)."""
 
-    def __init__(self, database_url: str) -> None:
-        """Opens (creating tables when missing) the journal and index at `database_url`."""
+    def __init__(self, database_url: str, *, late_window: timedelta | None = None) -> None:
+        """Opens (creating tables when missing) the journal and index at `database_url`,
+        catches the index up and completes derivations a crash interrupted.
+
+        `late_window`: EVENTS.md's late-arrival window; default `$DRG_LEDGER_LATE_WINDOW_DAYS`
+        days, else 7.
+        """
         self.database_url = database_url
+        if late_window is None:
+            days = os.environ.get(LATE_WINDOW_ENV)
+            late_window = timedelta(days=float(days)) if days else DEFAULT_LATE_WINDOW
+        self.late_window = late_window
+        self._seals: tuple[int, Seals] | None = None
         env = journal_env(database_url)
         self._engine = _engine(database_url)
         self._position = -1  # forces loading the hospital pools on the first sync
@@ -263,6 +370,7 @@ class LedgerStore:
                 _creating(self._create_tables)
                 self._journal = _creating(lambda: Journal(env=env))
             self.sync_index()
+            self.complete_derivations()
         except BaseException:
             self.close()
             raise
@@ -271,8 +379,9 @@ class LedgerStore:
         metadata.create_all(self._engine)
         with self._engine.begin() as conn:
             t = tracking_table
-            if conn.execute(select(t.c.name).where(t.c.name == _INDEX)).first() is None:
-                conn.execute(insert(t).values(name=_INDEX, notification_id=0))
+            for name in (_INDEX, _PENALTIES):
+                if conn.execute(select(t.c.name).where(t.c.name == name)).first() is None:
+                    conn.execute(insert(t).values(name=name, notification_id=0))
 
     @classmethod
     def open(cls, database_url: str | None = None) -> LedgerStore:
@@ -313,49 +422,60 @@ class LedgerStore:
         now: datetime | None = None,
         batch_size: int = 1000,
         on_progress: Callable[[int], None] | None = None,
-        backfill: bool = False,
+        backfill: Backfill | bool = False,
     ) -> IngestReport:
         """Appends inbound lines: accepted, duplicate or rejected and dead-lettered, each whole.
 
         EVENTS.md "Envelope" (idempotent `event_id`; `recorded_at` stamped with `now` when
-        absent, while the hash is of the event as submitted), "Payloads" (ledger-written
-        types refused from outside), "Order of arrival" (a case of a hospital never
-        registered, in the store or earlier in `raws`, is refused) and "Bad input".
+        absent, `ingested_at` always, while the hash is of the event as submitted),
+        "Payloads" (ledger-written types refused from outside), "Order of arrival" (a case of
+        a hospital never registered, in the store or earlier in `raws`, is refused),
+        "Transaction time, seals and backfill" (future and late `recorded_at`, seals),
+        "Limits on input" and "Bad input": any failure caused by one line is that line's
+        refusal, and the other lines of its batch land.
         `origin` prefixes each dead letter's origin, joined to the line number with `:`
         unless it ends with `:` or `/` (`file:a.jsonl` -> `file:a.jsonl:7`,
         `kafka:cases/0/` -> `kafka:cases/0/1234`). Blank lines are skipped, not refused.
         `on_progress` receives the number of lines consumed after each batch. `backfill`
         (operator files only, never Kafka or HTTP) admits `recorded_at` older than the
-        late-arrival window (EVENTS.md "Transaction time, seals and backfill").
+        late-arrival window and journals a `HistoryBackfilled` with every transaction of the
+        load; `True` hashes `raws` itself (pass a `Backfill` for a file read lazily).
         """
         assert batch_size > 0
         stamp = _utc(now) if now is not None else datetime.now(UTC)
+        if backfill is True:
+            raws = [r.encode("utf-8") if isinstance(r, str) else bytes(r) for r in raws]
+            backfill = Backfill(run_by=default_run_by(), file_sha256=hashlib.sha256(b"\n".join(raws)).hexdigest())
+        load = backfill or None
         report = IngestReport()
         parsed: list[tuple[int, bytes, Envelope]] = []
         refused: list[tuple[int, bytes, InvalidEvent]] = []
         consumed = 0
         for consumed, raw in enumerate(raws, start=1):
             line = first_line + consumed - 1
-            data = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+            data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else bytes(raw)
             if not data.strip():
                 continue
             try:
                 ev = parse_event(data)
+                _storable({"event_id": ev.event_id})  # the duplicate lookup queries by it
                 if ev.event_type in LEDGER_WRITTEN:
                     raise InvalidEvent(
                         "event_type", f"{ev.event_type} is written by the ledger, refused from {ev.source}", ev.event_id
                     )
             except InvalidEvent as exc:
                 refused.append((line, data, exc))
+            except Exception as exc:  # noqa: BLE001 - a line can only ever be refused (EVENTS.md)
+                refused.append((line, data, _unparseable(exc)))
             else:
                 parsed.append((line, data, ev))
             if len(parsed) + len(refused) >= batch_size:
-                self._ingest_batch(parsed, refused, origin, stamp, report)
+                self._ingest_batch(parsed, refused, origin, stamp, report, load)
                 parsed, refused = [], []
                 if on_progress is not None:
                     on_progress(consumed)
         if parsed or refused:
-            self._ingest_batch(parsed, refused, origin, stamp, report)
+            self._ingest_batch(parsed, refused, origin, stamp, report, load)
             if on_progress is not None:
                 on_progress(consumed)
         report.rejected.sort(key=lambda r: r.line)
@@ -368,40 +488,53 @@ class LedgerStore:
         origin: str,
         stamp: datetime,
         report: IngestReport,
+        backfill: Backfill | None,
     ) -> None:
         self.sync_index()  # the duplicate lookup and the hospital check read the index
         stored = self._stored_hashes(ev.event_id for _, _, ev in parsed)
         registered = dict(self._pools)
+        seals = self.seals()
+        case_years = self._case_years(parsed, seals)
         seen: dict[str, _Entry] = {}
         accepted: list[_Entry] = []
         for line, raw, ev in parsed:
-            body, h = _canonical(ev)
-            earlier = seen.get(ev.event_id)
-            if earlier is not None or ev.event_id in stored:
-                same = (
-                    h in (earlier.submitted_hash, earlier.recorded_hash)
-                    if earlier is not None
-                    else self._same_as_stored(ev.event_id, h, stored[ev.event_id])
-                )
-                if same:
-                    report.duplicates += 1
-                else:
-                    refused.append((line, raw, _other_content(ev.event_id)))
+            try:
+                body, h = _canonical(ev)
+                earlier = seen.get(ev.event_id)
+                if earlier is not None or ev.event_id in stored:
+                    same = (
+                        h in (earlier.submitted_hash, earlier.recorded_hash)
+                        if earlier is not None
+                        else self._same_as_stored(ev.event_id, h, stored[ev.event_id])
+                    )
+                    if same:
+                        report.duplicates += 1
+                    else:
+                        refused.append((line, raw, _other_content(ev.event_id)))
+                    continue
+                problem = self._refusal(ev, stamp, backfill, registered, seals, case_years)
+                if problem is not None:
+                    refused.append((line, raw, problem))
+                    continue
+                entry = _entry(ev, body, h, stamp, line=line, raw=raw)
+                _storable(_index_row(0, entry.event, entry.body, entry.submitted_hash, dict(registered)))
+            except InvalidEvent as exc:
+                refused.append((line, raw, InvalidEvent(exc.field, exc.reason, ev.event_id)))
                 continue
-            if ev.event_type in NEEDS_REGISTERED_HOSPITAL and ev.payload.hospital_id not in registered:
-                refused.append((line, raw, _unknown_hospital(ev)))
+            except Exception as exc:  # noqa: BLE001 - one line's failure is that line's refusal
+                refused.append((line, raw, _unrecordable(ev, exc)))
                 continue
-            if ev.event_type == "HospitalRegistered" and registered.get(ev.payload.hospital_id, ev.payload.pool) != ev.payload.pool:
-                refused.append((line, raw, _pool_move(ev, registered[ev.payload.hospital_id])))
-                continue
-            entry = _entry(ev, body, h, stamp, line=line, raw=raw)
             seen[ev.event_id] = entry
             accepted.append(entry)
             if ev.event_type == "HospitalRegistered":
                 registered[ev.payload.hospital_id] = ev.payload.pool
+        accepted, moved = self._claim_pools(accepted)
+        refused.extend(moved)
         # Dead letters first: a crash after them and before the journal write loses nothing.
         self._dead_letter(refused, origin, stamp, report)
-        done, conflicts = self._append(accepted)
+        checkpoint("dead-letters")
+        companion = None if backfill is None else (lambda chunk: _backfill_entry(backfill, chunk, origin, stamp))
+        done, conflicts = self._append(accepted, companion)
         # Conflicts: a concurrent writer journalled the same event_id after our lookup.
         late: list[tuple[int, bytes, InvalidEvent]] = []
         if conflicts:
@@ -413,52 +546,199 @@ class LedgerStore:
                 else:
                     late.append((e.line, e.raw, _other_content(eid)))
             self._dead_letter(late, origin, stamp, report)
-        report.accepted += len(done)
+        report.accepted += sum(1 for e in done if e.event.event_type != "HistoryBackfilled")
         if done:
-            self.after_append([e.event for e in done])
+            self.complete_derivations()
+            checkpoint("derivation")
 
-    def after_append(self, new_events: list[Envelope]) -> None:
-        """Called after each ingested batch with the events it added: derives penalties.
+    def _refusal(
+        self,
+        ev: Envelope,
+        stamp: datetime,
+        backfill: Backfill | None,
+        registered: dict[str, str],
+        seals: Seals,
+        case_years: dict[str, tuple[str | None, set[int]]],
+    ) -> InvalidEvent | None:
+        """Why the store refuses `ev` (the rules that need the store or the clock), or None."""
+        recorded_at = ev.recorded_at
+        if recorded_at is not None:
+            if recorded_at > stamp + FUTURE_TOLERANCE:
+                return InvalidEvent(
+                    "recorded_at",
+                    f"{recorded_at.isoformat()} is in the future: more than 5 minutes after the ledger's "
+                    f"clock ({stamp.isoformat()})",
+                    ev.event_id,
+                )
+            if backfill is None and recorded_at < stamp - self.late_window:
+                return InvalidEvent(
+                    "recorded_at",
+                    f"{recorded_at.isoformat()} is older than the late-arrival window ({_days(self.late_window)}); "
+                    "history is loaded by an operator with `drg-ledger ingest --backfill`",
+                    ev.event_id,
+                )
+        if ev.event_type in NEEDS_REGISTERED_HOSPITAL and ev.payload.hospital_id not in registered:
+            return _unknown_hospital(ev)
+        if ev.event_type == "HospitalRegistered" and registered.get(ev.payload.hospital_id, ev.payload.pool) != ev.payload.pool:
+            return _pool_move(ev, registered[ev.payload.hospital_id])
+        if seals.seals:
+            at = recorded_at or stamp
+            case_id = getattr(ev.payload, "case_id", None)
+            pool, years = case_years.get(case_id, (None, set())) if case_id is not None else (None, set())
+            hospital = getattr(ev.payload, "hospital_id", None)
+            if pool is None and hospital is not None:
+                pool = registered.get(hospital)
+            seal = seals.broken_by(at, impact(ev, years, pool))
+            if seal is not None:
+                return InvalidEvent(
+                    "recorded_at",
+                    f"{at.isoformat()} falls inside the seal of {seal.pool} {seal.year}: clearing "
+                    f"{seal.clearing_event_id} was recorded as known at {seal.known_at.isoformat()}; "
+                    "a correction is recorded now and shows in the next clearing",
+                    ev.event_id,
+                )
+        return None
 
-        A verdict's penalty needs its case's policy and hospital; when a policy version,
-        coefficient change or registration arrives after verdicts (arrival order is free,
-        EVENTS.md), every verdict is looked at again (idempotent).
+    def _case_years(
+        self, parsed: list[tuple[int, bytes, Envelope]], seals: Seals
+    ) -> dict[str, tuple[str | None, set[int]]]:
+        """case_id -> (pool, discharge years of its known revisions), for the case events of
+        `parsed` that could break a seal (recorded at or before the latest seal)."""
+        latest = seals.latest
+        if latest is None:
+            return {}
+        named = {
+            ev.payload.case_id: ev
+            for _, _, ev in parsed
+            if ev.event_type in CASE_LEVEL and (ev.recorded_at is None or ev.recorded_at <= latest)
+        }
+        out: dict[str, tuple[str | None, set[int]]] = {}
+        t = index_table
+        ids = sorted(named)
+        with self._engine.connect() as conn:
+            for i in range(0, len(ids), _IN_CHUNK):
+                rows = conn.execute(
+                    select(t.c.case_id, t.c.pool, t.c.year).where(
+                        t.c.event_type == "CaseSubmitted", t.c.case_id.in_(ids[i : i + _IN_CHUNK])
+                    )
+                )
+                for case_id, pool, year in rows:
+                    known_pool, years = out.setdefault(case_id, (pool, set()))
+                    years.add(year)
+        for _, _, ev in parsed:  # revisions in the same batch count too
+            if ev.event_type == "CaseSubmitted" and ev.payload.case_id in named:
+                pool, years = out.setdefault(ev.payload.case_id, (self._pools.get(ev.payload.hospital_id), set()))
+                years.add(ev.payload.discharge_date.year)
+        return out
+
+    def seals(self) -> Seals:
+        """Every recorded clearing, as a seal of its pool-year up to its known_at."""
+        t = index_table
+        if self._seals is not None and self._seals[0] == self._position:
+            return self._seals[1]
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(t.c.event_id, t.c.body).where(t.c.event_type == "ClearingCompleted").order_by(t.c.seq)
+            ).all()
+        found = []
+        for event_id, body in rows:
+            p = _parse_stored("ClearingCompleted", body).payload
+            found.append(Seal(p.pool, p.year, p.known_at, event_id))
+        seals = Seals(found)
+        self._seals = (self._position, seals)
+        return seals
+
+    def _claim_pools(self, accepted: list[_Entry]) -> tuple[list[_Entry], list[tuple[int, bytes, InvalidEvent]]]:
+        """RULES.md 1, pools never mix, enforced by the database: each registration first
+        claims its hospital id for its pool in `hospital_pools` (primary key hospital_id).
+        Of two concurrent ingests registering one hospital in two pools, one claim wins; the
+        other registration is refused. A claim outlives a crash before the journal write:
+        it reserves the id for the pool it named, which is the rule anyway."""
+        claims = {e.event.payload.hospital_id: e.event.payload.pool for e in accepted
+                  if e.event.event_type == "HospitalRegistered"}
+        if not claims:
+            return accepted, []
+        t = hospital_pools_table
+        with self._engine.begin() as conn:
+            stmt = _insert_ignoring(conn, t, ["hospital_id"])
+            conn.execute(stmt, [{"hospital_id": h, "pool": p} for h, p in claims.items()])
+            owners = dict(conn.execute(select(t.c.hospital_id, t.c.pool).where(t.c.hospital_id.in_(list(claims)))).all())
+        kept: list[_Entry] = []
+        moved: list[tuple[int, bytes, InvalidEvent]] = []
+        for e in accepted:
+            p = e.event.payload
+            if e.event.event_type == "HospitalRegistered" and owners.get(p.hospital_id) != p.pool:
+                moved.append((e.line, e.raw, _pool_move(e.event, owners[p.hospital_id])))
+            else:
+                kept.append(e)
+        return kept, moved
+
+    def complete_derivations(self) -> int:
+        """Derives what the journal implies but no one appended yet: `PenaltyImposed`.
+
+        Tracked by journal position (`ledger_index_tracking` row `penalties`): the verdicts
+        and cases named by entries after that position are looked at, every verdict when a
+        policy version, coefficient change or registration is among them (arrival order is
+        free, EVENTS.md). Runs after every append and whenever the store opens, so a crash
+        between the journal write and the derivation heals on the next run. Returns how many
+        penalties were new.
         """
-        late_policy = any(e.event_type in _UNBLOCKS_PENALTIES for e in new_events)
-        self.derive_penalties(None if late_policy else new_events)
+        new = 0
+        for _ in range(3):  # the penalties appended move the head; they unblock nothing
+            self.sync_index()
+            with self._engine.connect() as conn:
+                done = self._tracked(conn, _PENALTIES)
+                head = self._tracked(conn)
+                if done >= head:
+                    return new
+                t = index_table
+                rows = conn.execute(
+                    select(t.c.event_type, t.c.case_id).where(t.c.seq > done, t.c.seq <= head)
+                ).all()
+            if any(et in _UNBLOCKS_PENALTIES for et, _ in rows):
+                new += self.derive_penalties()
+            else:
+                named = {c for et, c in rows if et in ("CaseSubmitted", "ReviewVerdictRecorded")}
+                new += self.derive_penalties(named)
+            with self._engine.begin() as conn:
+                conn.execute(
+                    update(tracking_table)
+                    .where(tracking_table.c.name == _PENALTIES, tracking_table.c.notification_id == done)
+                    .values(notification_id=head)
+                )
+        return new
 
-    def derive_penalties(self, new_events: Iterable[Envelope] | None = None) -> int:
+    def derive_penalties(self, case_ids: Iterable[str] | None = None) -> int:
         """Appends the `PenaltyImposed` due for violation verdicts (RULES.md 4; ledger/derivation.py).
 
-        Looks at the cases `new_events` name (every case when None, the catch-up after a
-        crash between a journal write and this step); idempotent: ids already recorded are
-        skipped. Returns how many penalties were new.
+        Looks at the verdicts on `case_ids` (every verdict when None); idempotent: ids
+        already recorded are skipped. Returns how many penalties were new.
         """
         t = index_table
         verdicts = select(t.c.case_id).where(t.c.event_type == "ReviewVerdictRecorded")
-        if new_events is not None:
-            named = {e.payload.case_id for e in new_events if e.event_type in ("CaseSubmitted", "ReviewVerdictRecorded")}
-            if not named:
+        if case_ids is not None:
+            ordered = sorted(set(case_ids))
+            if not ordered:
                 return 0
-            case_ids: set[str] = set()
+            found: set[str] = set()
             with self._engine.connect() as conn:
-                ordered = sorted(named)
                 for i in range(0, len(ordered), _IN_CHUNK):
                     chunk = ordered[i : i + _IN_CHUNK]
-                    case_ids.update(conn.execute(verdicts.where(t.c.case_id.in_(chunk)).distinct()).scalars())
+                    found.update(conn.execute(verdicts.where(t.c.case_id.in_(chunk)).distinct()).scalars())
         else:
             with self._engine.connect() as conn:
-                case_ids = set(conn.execute(verdicts.distinct()).scalars())
-        if not case_ids:
+                found = set(conn.execute(verdicts.distinct()).scalars())
+        if not found:
             return 0
         needed = ("CaseSubmitted", "ReviewVerdictRecorded", "HospitalRegistered", "PolicyVersionPublished",
                   "CoefficientChanged")
-        return self.append_system_events(penalty_events(self.load(case_ids=case_ids, event_types=needed)))
+        return self.append_system_events(penalty_events(self.load(case_ids=found, event_types=needed)))
 
     def append_system_events(self, events: Sequence[Envelope], *, now: datetime | None = None) -> int:
         """Appends ledger-written events (source `system`); an id already recorded is skipped.
 
-        Returns how many were new. Stamps `recorded_at` with `now` when absent.
+        Returns how many were new. Stamps `recorded_at` with `now` when absent, and
+        `ingested_at` always.
         """
         stamp = _utc(now) if now is not None else datetime.now(UTC)
         evs = [ev if isinstance(ev, BaseModel) else parse_event(ev) for ev in events]
@@ -474,47 +754,66 @@ class LedgerStore:
         done, _ = self._append(list(fresh.values()))
         return len(done)
 
-    def _append(self, entries: list[_Entry]) -> tuple[list[_Entry], list[_Entry]]:
-        """Journals `entries` in one transaction, else one by one; returns (done, conflicting).
+    def _append(
+        self, entries: list[_Entry], companion: Callable[[list[_Entry]], _Entry] | None = None
+    ) -> tuple[list[_Entry], list[_Entry]]:
+        """Journals `entries`, one transaction per chunk of at most `JOURNAL_TXN_BYTES`, a
+        chunk whose id was taken meanwhile one by one; returns (done, conflicting).
+        `companion(chunk)` adds one entry to each chunk's transaction (`HistoryBackfilled`).
 
+        The chunks keep each pipeline of `eventsourcing.postgres` small: psycopg 3.3.9 hangs
+        for good in `Pipeline.sync()` once one pipelined insert carries more than ~3-4.5 MB
+        (reproduced in tests/integration/test_hardening.py; the class of psycopg/psycopg#685).
         The index catches up before this returns.
         """
         if not entries:
             return [], []
         done: list[tuple[int, _Entry]] = []
         conflicts: list[_Entry] = []
-        try:
-            ids = self._journal.append([e.recorded for e in entries])
-            done = list(zip(ids, entries, strict=True))
-        except JournalConflict:
-            for e in entries:
-                try:
-                    (nid,) = self._journal.append([e.recorded])
-                except JournalConflict:
-                    conflicts.append(e)
-                else:
-                    done.append((nid, e))
+        checkpoint("before-journal")
+        for chunk in _journal_chunks(entries):
+            if companion is not None:
+                chunk = [*chunk, companion(chunk)]
+            try:
+                ids = self._journal.append([e.recorded for e in chunk])
+                done.extend(zip(ids, chunk, strict=True))
+            except JournalConflict:
+                for e in chunk:
+                    try:
+                        (nid,) = self._journal.append([e.recorded])
+                    except JournalConflict:
+                        conflicts.append(e)
+                    else:
+                        done.append((nid, e))
+        checkpoint("journal")
         self._sync(done)
+        checkpoint("index")
         return [e for _, e in done], conflicts
 
     def _dead_letter(
         self, refused: list[tuple[int, bytes, InvalidEvent]], origin: str, stamp: datetime, report: IngestReport
     ) -> None:
+        """Keeps each refused line once per (origin, sha256 of its raw bytes): a file ingested
+        again, or a Kafka record redelivered, is reported again but stored once. A line over
+        1 MiB keeps its first 1 MiB, its length and its sha256 (EVENTS.md "Limits on input")."""
         if not refused:
             return
-        rows = [
-            {
+        rows = {}
+        for line, raw, exc in refused:
+            where = _origin(origin, line)
+            digest = hashlib.sha256(raw).hexdigest()
+            rows[(where, digest)] = {
                 "received_at": stamp,
-                "origin": _origin(origin, line),
-                "event_id": exc.event_id,
+                "origin": where,
+                "event_id": _printable(exc.event_id),
                 "field": exc.field,
-                "reason": exc.reason,
-                "raw": raw,
+                "reason": _printable(exc.reason),
+                "raw": raw[:MAX_LINE_BYTES],
+                "raw_length": len(raw),
+                "raw_sha256": digest,
             }
-            for line, raw, exc in refused
-        ]
         with self._engine.begin() as conn:
-            conn.execute(insert(dead_letters_table), rows)
+            conn.execute(_insert_ignoring(conn, dead_letters_table, ["origin", "raw_sha256"]), list(rows.values()))
         report.rejected.extend(Rejection(line, exc.event_id, exc.field, exc.reason) for line, _, exc in refused)
 
     def _stored_hashes(self, event_ids: Iterable[str]) -> dict[str, str]:
@@ -531,12 +830,15 @@ class LedgerStore:
 
     def _same_as_stored(self, event_id: str, submitted_hash: str, stored_hash: str) -> bool:
         """Same content: as first submitted, or as recorded (the sender now sends the
-        `recorded_at` the ledger stamped)."""
+        `recorded_at` the ledger stamped; `ingested_at` is the ledger's, never the sender's)."""
         if submitted_hash == stored_hash:
             return True
         with self._engine.connect() as conn:
-            body = conn.execute(select(index_table.c.body).where(index_table.c.event_id == event_id)).scalar_one()
-        return submitted_hash == _sha256(body)
+            row = conn.execute(
+                select(index_table.c.event_type, index_table.c.body).where(index_table.c.event_id == event_id)
+            ).one()
+        recorded = _parse_stored(row[0], row[1]).model_copy(update={"ingested_at": None})
+        return submitted_hash == _canonical(recorded)[1]
 
     # ----------------------------------------------------------------------- the index
 
@@ -551,6 +853,109 @@ class LedgerStore:
             conn.execute(update(tracking_table).where(tracking_table.c.name == _INDEX).values(notification_id=0))
         self._position = -1
         return self._sync([])
+
+    def rebuild(self) -> dict[str, int]:
+        """Rebuilds everything derived from the journal alone: the index, the pool claims,
+        and the penalties (every verdict looked at again). Returns what it did."""
+        events = self.rebuild_index()
+        claims = self._claim_registered()
+        with self._engine.begin() as conn:
+            conn.execute(update(tracking_table).where(tracking_table.c.name == _PENALTIES).values(notification_id=0))
+        penalties = self.complete_derivations()
+        return {"events": events, "pool_claims": claims, "penalties": penalties}
+
+    def _claim_registered(self) -> int:
+        """Claims every journalled registration's hospital for its pool (missing claims only)."""
+        pools = self.hospitals()
+        if not pools:
+            return 0
+        t = hospital_pools_table
+        with self._engine.begin() as conn:
+            before = conn.execute(select(func.count()).select_from(t)).scalar_one()
+            conn.execute(_insert_ignoring(conn, t, ["hospital_id"]),
+                         [{"hospital_id": h, "pool": p.pool} for h, p in pools.items()])
+            return int(conn.execute(select(func.count()).select_from(t)).scalar_one() - before)
+
+    def doctor(self, *, repair: bool = True) -> list[Check]:
+        """Checks the store and, with `repair`, mends what can be derived again.
+
+        The index has applied the whole journal; every entry has its index row; penalties
+        are derived up to the index position and none is missing; every registration's
+        hospital is claimed for its pool and no claim contradicts one; the database
+        constraints the ledger relies on exist.
+        """
+        checks: list[Check] = []
+        head, position = self._journal.head(), self.position
+        if position == head:
+            checks.append(Check("index caught up", "ok", f"at journal position {head:,}"))
+        elif repair:
+            n = self.sync_index()
+            checks.append(Check("index caught up", "repaired", f"applied {n:,} journal entries ({position:,} -> {head:,})"))
+        else:
+            checks.append(Check("index caught up", "problem", f"index at {position:,}, journal at {head:,}"))
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(func.count()).select_from(index_table)).scalar_one()
+            done = self._tracked(conn, _PENALTIES)
+        entries = self._journal.count()
+        if rows == entries:
+            checks.append(Check("index rows", "ok", f"{rows:,} rows for {entries:,} journal entries"))
+        elif repair:
+            n = self.rebuild_index()
+            checks.append(Check("index rows", "repaired", f"{rows:,} rows for {entries:,} entries: rebuilt, {n:,} rows"))
+        else:
+            checks.append(Check("index rows", "problem", f"{rows:,} rows for {entries:,} journal entries"))
+        if repair:
+            lagging = done < self.position
+            tracked = self.complete_derivations()
+            missing = self.derive_penalties()
+            if tracked or missing or lagging:
+                checks.append(Check("penalties derived", "repaired",
+                                    f"derivation was at position {done:,}; {tracked + missing:,} missing penalties appended"))
+            else:
+                checks.append(Check("penalties derived", "ok", f"up to journal position {done:,}"))
+        else:
+            status = "ok" if done >= self.position else "problem"
+            checks.append(Check("penalties derived", status, f"derivation at {done:,}, index at {self.position:,}"))
+        registered = {h: p.pool for h, p in self.hospitals().items()}
+        with self._engine.connect() as conn:
+            claims = dict(conn.execute(select(hospital_pools_table.c.hospital_id, hospital_pools_table.c.pool)).all())
+        contradicted = sorted(h for h, pool in registered.items() if h in claims and claims[h] != pool)
+        unclaimed = sorted(h for h in registered if h not in claims)
+        if contradicted:
+            checks.append(Check("pools never mix", "problem", f"claims contradict registrations: {', '.join(contradicted[:10])}"))
+        elif unclaimed and repair:
+            n = self._claim_registered()
+            checks.append(Check("pools never mix", "repaired", f"{n} registered hospitals claimed for their pools"))
+        elif unclaimed:
+            checks.append(Check("pools never mix", "problem", f"{len(unclaimed)} registered hospitals unclaimed"))
+        else:
+            checks.append(Check("pools never mix", "ok", f"{len(registered)} hospitals, each claimed by its pool"))
+        checks.append(self._constraints_check(repair))
+        return checks
+
+    def _constraints_check(self, repair: bool) -> Check:
+        from sqlalchemy import inspect
+
+        def missing() -> list[str]:
+            insp = inspect(self._engine)
+            uniques = {ix["name"] for ix in insp.get_indexes(dead_letters_table.name) if ix.get("unique")}
+            absent = [] if "ux_dead_letters_origin_raw" in uniques else ["ux_dead_letters_origin_raw"]
+            if not insp.get_pk_constraint(hospital_pools_table.name).get("constrained_columns"):
+                absent.append("hospital_pools primary key")
+            index_unique = {tuple(c["column_names"]) for c in insp.get_unique_constraints(index_table.name)}
+            index_unique |= {tuple(ix["column_names"]) for ix in insp.get_indexes(index_table.name) if ix.get("unique")}
+            if ("event_id",) not in index_unique:
+                absent.append("ledger_index unique event_id")
+            return absent
+
+        absent = missing()
+        if not absent:
+            return Check("constraints present", "ok", "unique dead letters, one pool per hospital, unique event ids")
+        if repair and absent == ["ux_dead_letters_origin_raw"]:
+            for ix in dead_letters_table.indexes:
+                ix.create(self._engine, checkfirst=True)
+            return Check("constraints present", "repaired", "created ux_dead_letters_origin_raw")
+        return Check("constraints present", "problem", f"missing: {', '.join(absent)}")
 
     def _sync(self, fresh: list[tuple[int, _Entry]]) -> int:
         """Catches the index up with the journal, one transaction per page.
@@ -598,9 +1003,15 @@ class LedgerStore:
             applied += len(rows)
 
     @staticmethod
-    def _tracked(conn: Connection) -> int:
+    def _tracked(conn: Connection, name: str = _INDEX) -> int:
         t = tracking_table
-        return int(conn.execute(select(t.c.notification_id).where(t.c.name == _INDEX)).scalar_one())
+        return int(conn.execute(select(t.c.notification_id).where(t.c.name == name)).scalar_one())
+
+    @property
+    def position(self) -> int:
+        """The journal position the index has applied (what a read of the index rests on)."""
+        with self._engine.connect() as conn:
+            return self._tracked(conn)
 
     @staticmethod
     def _registered_pools(conn: Connection) -> dict[str, str]:
@@ -676,11 +1087,14 @@ class LedgerStore:
                 conn.execute(text("SET LOCAL work_mem = '64MB'"))
             return [_parse_stored(event_type, body) for event_type, body in conn.execute(query)]
 
-    def replay(self, known_at: datetime | None = None) -> Iterator[Envelope]:
+    def replay(self, known_at: datetime | None = None, until: int | None = None) -> Iterator[Envelope]:
         """Every event from the journal's notification log, in recording order (cold path:
-        no index). `known_at` keeps those recorded at or before it."""
+        no index). `known_at` keeps those recorded at or before it; `until` stops after that
+        journal position."""
         cut = _utc(known_at) if known_at is not None else None
-        for _, recorded in self._journal.replay():
+        for nid, recorded in self._journal.replay():
+            if until is not None and nid > until:
+                return
             ev = _parse_stored(recorded.event_type, recorded.envelope)
             if cut is None or ev.recorded_at <= cut:
                 yield ev
@@ -702,11 +1116,20 @@ class LedgerStore:
             payloads = [_parse_stored(et, body).payload for et, body in rows]
         return {p.hospital_id: p for p in payloads}
 
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """The latest refused lines, newest first."""
+    def dead_letters(
+        self, limit: int = 100, *, since: datetime | None = None, reason: str | None = None
+    ) -> list[DeadLetter]:
+        """The latest refused lines, newest first; `since` keeps those received at or after
+        it, `reason` those whose field or reason contains the text."""
         t = dead_letters_table
+        query = select(t).order_by(t.c.id.desc()).limit(limit)
+        if since is not None:
+            query = query.where(t.c.received_at >= _utc(since))
+        if reason:
+            query = query.where(or_(t.c.reason.contains(reason, autoescape=True),
+                                    t.c.field.contains(reason, autoescape=True)))
         with self._engine.connect() as conn:
-            rows = conn.execute(select(t).order_by(t.c.id.desc()).limit(limit)).mappings()
+            rows = conn.execute(query).mappings()
             return [DeadLetter(**{**row, "raw": bytes(row["raw"])}) for row in rows]
 
     def counts(self) -> dict[str, int]:
@@ -764,6 +1187,11 @@ def journal_env(database_url: str) -> dict[str, str]:
         # Journal writes are sequential within one ledger process.
         "POSTGRES_POOL_SIZE": "1",
         "POSTGRES_MAX_OVERFLOW": "2",
+        # Nothing hangs (issue: hardening): connecting, waiting for the journal's table lock,
+        # and a transaction left idle are all bounded.
+        "POSTGRES_CONNECT_TIMEOUT": "10",
+        "POSTGRES_LOCK_TIMEOUT": "30",
+        "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "60",
     }
     schema = _SEARCH_PATH.search(query.get("options", ""))
     if schema:
@@ -785,7 +1213,20 @@ def _engine(database_url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url.set(drivername="postgresql+psycopg"), pool_size=2, max_overflow=2)
+    engine = create_engine(url.set(drivername="postgresql+psycopg"), pool_size=2, max_overflow=2,
+                           connect_args={"connect_timeout": 10})
+    timeout_s = int(os.environ.get(STATEMENT_TIMEOUT_ENV) or DEFAULT_STATEMENT_TIMEOUT_S)
+
+    @event.listens_for(engine, "connect")
+    def _timeouts(dbapi_conn: Any, _record: Any) -> None:
+        # Every statement and every lock wait is bounded: no call of the store hangs for good.
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET statement_timeout = {timeout_s * 1000}")
+            cur.execute("SET lock_timeout = 30000")
+            cur.execute("SET idle_in_transaction_session_timeout = 60000")
+        dbapi_conn.commit()
+
+    return engine
 
 
 @contextmanager
@@ -840,16 +1281,103 @@ def _canonical(ev: Envelope) -> tuple[str, str]:
 def _entry(
     ev: Envelope, body: str, submitted_hash: str, stamp: datetime, *, line: int = 0, raw: bytes = b""
 ) -> _Entry:
-    """The entry for an event as submitted (`body`, `submitted_hash`), `recorded_at` stamped when absent."""
+    """The entry for an event as submitted (`body`, `submitted_hash`): recorded with
+    `recorded_at` stamped when absent and `ingested_at` always (EVENTS.md "Envelope")."""
     recorded_hash = submitted_hash
     if ev.recorded_at is None:
-        ev = stamped(ev, stamp)
-        body = canonical_json(ev)
-        recorded_hash = _sha256(body)
+        recorded_hash = _canonical(stamped(ev, stamp))[1]  # what a sender resending it would send
+    ev = ingested(ev, stamp)
+    body = canonical_json(ev)
     recorded = LedgerEntry.recorded(
         event_id=ev.event_id, event_type=ev.event_type, envelope=body, content_hash=submitted_hash
     )
     return _Entry(ev, body, submitted_hash, recorded_hash, recorded, line, raw)
+
+
+def _storable(row: dict[str, Any]) -> None:
+    """Refuses, before anything is written, what a database would choke on after the journal
+    committed: text with NUL (PostgreSQL) or a lone surrogate (not UTF-8)."""
+    for name, value in row.items():
+        if isinstance(value, str):
+            if "\x00" in value:
+                raise InvalidEvent(name, "holds a NUL character")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidEvent(name, "is not valid Unicode (a lone surrogate)") from None
+
+
+JOURNAL_TXN_BYTES = 2 << 20
+"""At most this many bytes of envelopes per journal transaction (see `LedgerStore._append`)."""
+
+
+def _journal_chunks(entries: list[_Entry]) -> Iterator[list[_Entry]]:
+    chunk: list[_Entry] = []
+    size = 0
+    for e in entries:
+        n = len(e.body.encode("utf-8")) if not e.body.isascii() else len(e.body)
+        if chunk and size + n > JOURNAL_TXN_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(e)
+        size += n
+    if chunk:
+        yield chunk
+
+
+def _backfill_entry(backfill: Backfill, entries: list[_Entry], origin: str, stamp: datetime) -> _Entry:
+    """The `HistoryBackfilled` journalled with a transaction of a backfill (EVENTS.md
+    "Transaction time, seals and backfill"); its id is derived from what it covers."""
+    moments = [e.event.recorded_at for e in entries]
+    covered = hashlib.sha256("\n".join(e.event.event_id for e in entries).encode()).hexdigest()[:32]
+    ev = ENVELOPES["HistoryBackfilled"](
+        event_id=f"backfill:{backfill.file_sha256[:16]}:{covered}",
+        event_type="HistoryBackfilled",
+        recorded_at=stamp,
+        source="system",
+        payload={
+            "run_by": backfill.run_by,
+            "file_sha256": backfill.file_sha256,
+            "events": len(entries),
+            "recorded_from": min(moments),
+            "recorded_to": max(moments),
+            "origin": origin,
+        },
+    )
+    return _entry(ev, *_canonical(ev), stamp)
+
+
+def _insert_ignoring(conn: Connection, table: Table, keys: list[str]) -> Any:
+    """INSERT that skips rows whose `keys` already exist (ON CONFLICT DO NOTHING)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing(index_elements=keys)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing(index_elements=keys)
+
+
+def _printable(text: str | None) -> str | None:
+    """Text safe for every database (no NUL, no lone surrogate), for reasons and ids of refusals."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def _days(window: timedelta) -> str:
+    days = window.total_seconds() / 86400
+    return f"{days:g} days"
+
+
+def _unparseable(exc: Exception) -> InvalidEvent:
+    """A parser failure that is not an `InvalidEvent` is still only the line's refusal."""
+    return InvalidEvent("", f"cannot be parsed: {type(exc).__name__}: {str(exc)[:200]}")
+
+
+def _unrecordable(ev: Envelope, exc: Exception) -> InvalidEvent:
+    """An accepted-looking event the store cannot record is refused, never half-applied."""
+    return InvalidEvent("", f"cannot be recorded: {type(exc).__name__}: {str(exc)[:200]}", ev.event_id)
 
 
 def _parse_stored(event_type: str, body: str) -> Envelope:
@@ -881,6 +1409,7 @@ def _index_row(seq: int, ev: Envelope, body: str, submitted_hash: str, pools: di
         "event_id": ev.event_id,
         "event_type": ev.event_type,
         "recorded_at": ev.recorded_at,
+        "ingested_at": getattr(ev, "ingested_at", None),
         "source": ev.source,
         "pool": pool,
         "hospital_id": hospital_id,

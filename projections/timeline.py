@@ -10,13 +10,13 @@ read these.
 from __future__ import annotations
 
 import calendar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import distinct, func, select
 
-from ledger.clearing import Balance, ClearingError, balance, settle
+from ledger.clearing import Balance, Basis, ClearingError, balance, settle
 from ledger.catalogue import Catalogue
 from ledger.events import ENVELOPES, Component
 from ledger.policy import InForce, PolicyBook, PolicyMissing, latest_covering
@@ -60,11 +60,13 @@ def balance_series(store: LedgerStore, hospital_id: str, year: int, known_at: da
     """
     known_at = known_at or now()
     pool = hospital_pool(store, hospital_id)
-    py = settle(pool_year_events(store, pool, year, known_at), pool, year, known_at)
+    events, position = pool_year_events(store, pool, year, known_at)
+    py = settle(events, pool, year, known_at)
+    basis = Basis.of(events, position)
     out: list[MonthEnd] = []
     for day in month_ends(year):
         try:
-            out.append(MonthEnd(day, balance(py, hospital_id, day), None))
+            out.append(MonthEnd(day, replace(balance(py, hospital_id, day), basis=basis), None))
         except (ClearingError, PolicyMissing) as exc:
             out.append(MonthEnd(day, None, str(exc)))
     return out

@@ -6,7 +6,7 @@ Ids are derived from the content (`his-H001-C1-r1`), so building the same event 
 the same `event_id`. Turn envelopes into inbound lines with `lines(...)`, or into parsed
 models with `ledger.events.parse_event`.
 
-    store.ingest(lines(hospital("H001"), case("C1", hospital_id="H001")), origin="test")
+    store.ingest(lines(hospital("H001"), case("C1", hospital_id="H001")), backfill=True, origin="test")
 """
 
 from __future__ import annotations

@@ -71,7 +71,15 @@ from drg_ledger.service.problems import (
 from ledger.clearing import ClearingError
 from ledger.policy import PolicyMissing
 from projections import timeline
-from projections.queries import NotFound, clear_pool, explain_case, hospital_balance, hospital_pool, now
+from projections.queries import (
+    NotFound,
+    clear_pool,
+    explain_case,
+    hospital_balance,
+    hospital_pool,
+    now,
+    record_clearing,
+)
 from projections.store import LedgerStore, index_table
 
 HERE = Path(__file__).parent
@@ -420,8 +428,9 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
         with answering(), pool.store() as store:
             if not any(h.pool == pool_id for h in store.hospitals().values()):
                 raise NotFound(f"pool {pool_id} has no registered hospital")
-            result = clear_pool(store, pool_id, year, moment, record=True)
-        return {**result.as_json(), "recorded": True}
+            result = clear_pool(store, pool_id, year, moment)
+            event_id, new = record_clearing(store, result)
+        return {**result.as_json(), "recorded": True, "recorded_event_id": event_id, "recorded_now": new}
 
     # ------------------------------------------------------------------ reads
 
@@ -516,9 +525,7 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
             raise forbidden(f"role {principal.role} may not read dead letters: operators and auditors only")
         with answering(), pool.store() as store:
             rows = store.dead_letters(limit=limit)
-        return [{"id": r.id, "received_at": r.received_at.isoformat(), "origin": r.origin, "event_id": r.event_id,
-                 "field": r.field, "reason": r.reason, "raw": r.raw.decode("utf-8", errors="replace"),
-                 "raw_base64": base64.b64encode(r.raw).decode("ascii"), "raw_length": len(r.raw)} for r in rows]
+        return [{**r.as_json(raw=True), "raw_base64": base64.b64encode(r.raw).decode("ascii")} for r in rows]
 
     @app.get("/policies", response_model=PoliciesOut, tags=["policy"], summary="Policy in force",
              responses=problems(401, 403, 404))

@@ -22,6 +22,14 @@ class _Core(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class BasisOut(_Out):
+    """What an answer rests on: journal position read, events read, latest ingested_at among them."""
+
+    journal_position: int
+    events_read: int
+    latest_ingested_at: str | None
+
+
 class HospitalLineOut(_Core):
     hospital_id: str
     settled_points: Decimal_
@@ -43,7 +51,10 @@ class ClearingOut(_Core):
     total_points: Decimal_
     budget: Decimal_
     hospitals: list[HospitalLineOut]
+    basis: BasisOut | None = None
     recorded: bool = False
+    recorded_event_id: str | None = Field(None, description="the ClearingCompleted's id (POST: derived from content)")
+    recorded_now: bool | None = Field(None, description="POST: false when the same clearing was recorded before")
 
 
 class BalanceOut(_Core):
@@ -62,6 +73,7 @@ class BalanceOut(_Core):
     fund_due: Decimal_
     prepaid: Decimal_
     clearing_amount: Decimal_
+    basis: BasisOut | None = None
 
 
 class MonthEndOut(_Out):
@@ -139,9 +151,10 @@ class DeadLetterOut(_Out):
     event_id: str | None
     field: str
     reason: str
-    raw: str = Field(description="the raw bytes as UTF-8 (undecodable bytes replaced)")
-    raw_base64: str = Field(description="the raw bytes exactly, base64")
-    raw_length: int
+    raw: str = Field(description="the bytes kept, as text: UTF-8 where valid, \\xNN and escaped controls elsewhere")
+    raw_base64: str = Field(description="the bytes kept, exactly, base64 (a line over 1 MiB keeps its first 1 MiB)")
+    raw_length: int = Field(description="the length of the line as received")
+    raw_sha256: str
 
 
 class PolicyVersionOut(BaseModel):

@@ -55,14 +55,14 @@ def world(store: LedgerStore) -> None:
         f.case("C1", hospital_id="H001"), f.case("C2", hospital_id="H002"),
         f.case("C3", hospital_id="H002", discharge_date="2021-02-01"),
         f.case("X1", hospital_id="X001"),
-    ), origin="test")
+    ), backfill=True, origin="test")
 
 
 def test_a_revision_recomputes_its_hospital_in_every_year_the_case_was_discharged_in(database_url: str) -> None:
     with LedgerStore.open(database_url) as store:
         world(store)
         moved = f.case("C1", hospital_id="H001", revision=2, discharge_date="2021-01-05")
-        store.ingest(f.lines(moved), origin="test")
+        store.ingest(f.lines(moved), backfill=True, origin="test")
         assert keys_for(store, parsed(moved)) == {Key("panzhihua", 2020, "H001"), Key("panzhihua", 2021, "H001")}
 
 
@@ -164,7 +164,7 @@ def test_hospital_totals_are_the_hospital_slice_of_one_settlement_of_the_pool_ye
             f.case("C4", hospital_id="H001", total_cost="90000", personal_paid="1000.50"),
             f.verdict("C4", outcome="violation", violation_type="cost_shifting", violating_points="20"),
             f.withdrawal("C2", hospital_id="H002"),
-        ), origin="test")
+        ), backfill=True, origin="test")
         replay = replay_totals(store, "panzhihua", 2020, NOW)
         for hospital in ("H001", "H002"):
             assert recompute(store, Key("panzhihua", 2020, hospital), NOW).totals == replay[hospital]
@@ -179,7 +179,7 @@ def test_a_policy_gap_keeps_the_last_totals_and_says_why(database_url: str) -> N
         world(store)
         key = Key("panzhihua", 2020, "H001")
         good = recompute(store, key, NOW)
-        store.ingest(f.lines(f.case("C5", hospital_id="H001", discharge_date="2019-12-31")), origin="test")
+        store.ingest(f.lines(f.case("C5", hospital_id="H001", discharge_date="2019-12-31")), backfill=True, origin="test")
         gap = recompute(store, Key("panzhihua", 2019, "H001"), NOW, last=None)
         assert gap.error is not None and "policy" in gap.error and gap.totals == HospitalTotals()
         assert recompute(store, key, NOW, last=good).error is None
@@ -214,7 +214,7 @@ def test_parsed_events_select_exactly_what_the_store_loads_for_a_hospital_year(d
             f.verdict("C9", outcome="upheld"),  # before its case: joined on case id when it comes
             f.case("C9", hospital_id="H001"), f.withdrawal("C1", hospital_id="H001"), f.budget(), f.prepayment(),
             f.case("C3", hospital_id="H002", revision=2, discharge_date="2020-12-30"),  # moves C3 to 2020
-        ), origin="test")
+        ), backfill=True, origin="test")
         cache = ParsedEvents(max_events=5)
         for key in [Key("panzhihua", y, h) for y in (2020, 2021) for h in ("H001", "H002", "X001")]:
             for known_at in (NOW, datetime(2020, 6, 1, tzinfo=UTC)):

@@ -58,15 +58,15 @@ def story() -> list[dict[str, Any]]:
 @pytest.fixture
 def loaded(database_url: str, tmp_path: Path) -> str:
     policies = str(POLICIES / "panzhihua.jsonl")
-    assert data(run(database_url, "ingest", policies))["accepted"] == 7
-    assert data(run(database_url, "ingest", str(write(tmp_path, "story.jsonl", *story()))))["accepted"] == 7
+    assert data(run(database_url, "ingest", "--backfill", policies))["accepted"] == 7
+    assert data(run(database_url, "ingest", "--backfill", str(write(tmp_path, "story.jsonl", *story()))))["accepted"] == 7
     return database_url
 
 
 def test_ingest_reports_every_line_and_a_second_ingest_is_all_duplicates(loaded: str, tmp_path: Path) -> None:
     path = write(tmp_path, "story.jsonl", *story())
     before = data(run(loaded, "clear", "--pool", "panzhihua", "--year", "2020"))
-    again = run(loaded, "ingest", str(path))
+    again = run(loaded, "ingest", "--backfill", str(path))
     assert data(again) == {"accepted": 0, "duplicates": 7, "rejected": []}
     assert data(run(loaded, "clear", "--pool", "panzhihua", "--year", "2020")) | {"known_at": ""} == before | {"known_at": ""}
 
@@ -76,7 +76,7 @@ def test_bad_lines_are_rejected_naming_line_and_field_and_exit_1(database_url: s
     his_budget = {**f.budget("1", year=2020), "source": "his:H001", "event_id": "his-budget"}
     path = write(tmp_path, "bad.jsonl", f.hospital("H001"), "{not json", bad_cost,
                  f.case("C8", hospital_id="H404"), his_budget, {"event_id": "x", "event_type": "CaseSubmitted"})
-    result = run(database_url, "ingest", str(path))
+    result = run(database_url, "ingest", "--backfill", str(path))
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert report["accepted"] == 1
@@ -106,7 +106,7 @@ def test_back_dated_catalogue_changes_the_clearing_only_when_known(loaded: str) 
     # PV = (100,000 + 3,000 personal) / (125.5 + 75.395) = 512.705642 before; / 336.195 after
     assert (before["total_points"], before["point_value"]) == ("200.8950", "512.705642")
     assert (after["total_points"], after["point_value"]) == ("336.1950", "306.369815")
-    assert set(before) == {"pool", "year", "known_at", "point_value", "total_points", "budget", "hospitals"}
+    assert set(before) == {"pool", "year", "known_at", "point_value", "total_points", "budget", "hospitals", "basis"}
     assert set(h1) == {"hospital_id", "settled_points", "deducted_points", "net_points", "personal_paid",
                        "fund_due", "prepaid", "clearing_amount"}
 
@@ -157,7 +157,7 @@ def test_not_found_and_cannot_compute_exit_codes(loaded: str, database_url: str)
 
 def test_a_hospital_cannot_move_to_another_pool(loaded: str, tmp_path: Path) -> None:
     moved = f.hospital("H001", pool="xuancheng", event_id="reg-xc-H001")
-    result = run(loaded, "ingest", str(write(tmp_path, "move.jsonl", moved)))
+    result = run(loaded, "ingest", "--backfill", str(write(tmp_path, "move.jsonl", moved)))
     assert result.exit_code == 1
     assert json.loads(result.stdout)["rejected"][0]["reason"].startswith("payload.pool:")
 
@@ -176,7 +176,7 @@ def test_arrival_order_and_redelivery_through_the_store_do_not_change_the_cleari
     second = write(tmp, "b.jsonl", *rest[split:])
     with fresh_database(database_kind, tmp) as url:
         for path in (POLICIES / "panzhihua.jsonl", first, second, first, second):
-            run(url, "ingest", str(path))
+            run(url, "ingest", "--backfill", str(path))
         got = data(run(url, "clear", "--pool", "panzhihua", "--year", "2020", "--known-at", AFTER))
     assert (got["total_points"], got["point_value"]) == ("336.1950", "306.369815")
 
@@ -193,19 +193,19 @@ def test_a_100000_event_file_ingests_exactly_and_a_second_time_is_all_duplicates
         head = [next(src) for _ in range(100_000)]
     path = tmp_path / "100k.jsonl"
     path.write_bytes(b"".join(head))
-    first = data(run(database_url, "ingest", str(path)))
+    first = data(run(database_url, "ingest", "--backfill", str(path)))
     assert first["rejected"] == [] and first["accepted"] + first["duplicates"] == 100_000
     cleared = data(run(database_url, "clear", "--pool", "panzhihua", "--year", "2020", "--known-at", AFTER))
-    assert data(run(database_url, "ingest", str(path))) == {"accepted": 0, "duplicates": 100_000, "rejected": []}
+    assert data(run(database_url, "ingest", "--backfill", str(path))) == {"accepted": 0, "duplicates": 100_000, "rejected": []}
     assert data(run(database_url, "clear", "--pool", "panzhihua", "--year", "2020", "--known-at", AFTER)) == cleared
 
 
 def test_penalty_is_derived_when_the_policy_arrives_after_the_verdict(database_url: str, tmp_path: Path) -> None:
     # EVENTS.md "Order of arrival": the verdict is kept and takes effect once it can.
-    data(run(database_url, "ingest", str(write(tmp_path, "story.jsonl", *story()))))
+    data(run(database_url, "ingest", "--backfill", str(write(tmp_path, "story.jsonl", *story()))))
     with LedgerStore.open(database_url) as store:
         assert [e for e in store.load(case_ids=["C1"]) if e.event_type == "PenaltyImposed"] == []
-    data(run(database_url, "ingest", str(POLICIES / "panzhihua.jsonl")))
+    data(run(database_url, "ingest", "--backfill", str(POLICIES / "panzhihua.jsonl")))
     with LedgerStore.open(database_url) as store:
         (penalty,) = [e for e in store.load(case_ids=["C1"]) if e.event_type == "PenaltyImposed"]
     assert penalty.payload.deducted_points == Decimal("80.0000")

@@ -38,4 +38,5 @@ def test_exported_union_schema_accepts_the_contract_example_and_refuses_a_typo()
 def test_every_event_type_has_a_schema_file() -> None:
     names = {p.name.removesuffix(".schema.json") for p in Path(OUT / "events").glob("*.json")}
     assert names == {"HospitalRegistered", "PolicyVersionPublished", "CoefficientChanged", "BudgetSet", "CaseSubmitted",
-                     "CaseWithdrawn", "ReviewVerdictRecorded", "PenaltyImposed", "PrepaymentMade", "ClearingCompleted"}
+                     "CaseWithdrawn", "ReviewVerdictRecorded", "PenaltyImposed", "PrepaymentMade", "ClearingCompleted",
+                     "HistoryBackfilled"}

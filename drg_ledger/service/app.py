@@ -419,7 +419,7 @@ def create_app(database_url: str, tokens: TokenBook, *, stores: int = 4) -> Fast
 
     @app.post("/clearing", response_model=ClearingOut, status_code=201, tags=["clearing"],
               summary="Record a clearing", responses=problems(401, 403, 404, 409))
-    def record_clearing(principal: Caller, pool_id: PoolId, year: Year,
+    def post_clearing(principal: Caller, pool_id: PoolId, year: Year,
                         known_at: KnownAt = None) -> Any:
         """Clear the pool-year as known at `known_at` and append it as `ClearingCompleted`
         (`drg-ledger clear --record`; RULES.md 5, 6). Operator only."""

@@ -120,7 +120,11 @@ def test_balance_and_month_end_series_as_known_before_and_after(client: TestClie
 def test_recording_a_clearing_makes_balances_final(client: TestClient) -> None:
     recorded = ok(client.post("/clearing", params={"pool": "panzhihua", "year": 2020, "known_at": AFTER}, headers=OP),
                   201)
-    assert recorded["recorded"] is True and recorded["point_value"] == "306.369815"
+    assert recorded["recorded"] is True and recorded["point_value"] == "306.369815" and recorded["recorded_now"]
+    assert recorded["recorded_event_id"].startswith("clearing:panzhihua:2020:")
+    again = ok(client.post("/clearing", params={"pool": "panzhihua", "year": 2020, "known_at": AFTER}, headers=OP), 201)
+    assert again["recorded_event_id"] == recorded["recorded_event_id"] and again["recorded_now"] is False
+    assert recorded["basis"]["journal_position"] > 0 and recorded["basis"]["events_read"] > 0
     final = ok(client.get("/balance", params={"hospital": "H002", "as_of": "2020-06-30"}, headers=AUDITOR))
     assert (final["point_value_kind"], final["point_value"]) == ("final", "306.369815")
     moments = ok(client.get("/moments", params={"pool": "panzhihua", "year": 2020}, headers=AUDITOR))["moments"]

@@ -7,6 +7,8 @@ No broker needed: the broker tests are test_streaming.py.
 
 from __future__ import annotations
 
+import pytest
+
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -30,6 +32,13 @@ from streams.topics import describe, key_for
 from tests import factories as f
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def wide_late_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker never backfills; these batches are 2020 history, so the intake's late-arrival
+    window is configured to admit them, as the streaming tests configure their workers."""
+    monkeypatch.setenv("DRG_LEDGER_LATE_WINDOW_DAYS", "36500")
 POLICIES = [f.policy(c) for c in ("drg_table", "coefficients", "case_rules", "penalty_rules", "clearing_rules")]
 
 

@@ -297,3 +297,56 @@ def test_a_large_batch_never_hangs_the_journal_write(database_url: str, tmp_path
     )
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert json.loads(done.stdout)["accepted"] == 3001
+
+
+# --------------------------------------------------------------------------- the hostile file
+
+
+def test_a_file_of_hostile_lines_spread_through_a_valid_scenario(
+    database_kind: str, tmp_path: Path, year_file: Path
+) -> None:
+    """Every hostile line of `tests/hostile.py` (each class of the issue's probe, each limit of
+    EVENTS.md "Limits on input", hypothesis-found variants) is refused and dead-lettered once,
+    twice ingested; every valid event is stored once; the clearing equals the clean file's;
+    every command answers afterwards."""
+    from tests.conftest import fresh_database
+    from tests.hostile import HOSTILE
+
+    valid = year_file.read_bytes().splitlines()
+    hostile = [h.raw for h in HOSTILE if b"\n" not in h.raw]
+    assert len(hostile) >= 40
+    mixed: list[bytes] = []
+    hostile_lines: set[int] = set()
+    step = max(1, len(valid) // len(hostile))
+    pending = list(hostile)
+    for i, line in enumerate(valid):
+        mixed.append(line)
+        if i % step == 0 and pending:
+            mixed.append(pending.pop(0))
+            hostile_lines.add(len(mixed))
+    for line in pending:
+        mixed.append(line)
+        hostile_lines.add(len(mixed))
+    path = tmp_path / "hostile.jsonl"
+    path.write_bytes(b"\n".join(mixed) + b"\n")
+
+    with fresh_database(database_kind, tmp_path) as clean, fresh_database(database_kind, tmp_path) as url:
+        out(cli(clean, "ingest", "--backfill", str(year_file)))
+        for attempt in range(2):
+            result = cli(url, "ingest", "--backfill", str(path))
+            assert result.exit_code == 1 and not isinstance(result.exception, Exception), result.output[-3000:]
+            report = json.loads(result.stdout)
+            assert {r["line"] for r in report["rejected"]} == hostile_lines
+            assert report["accepted"] == (len(valid) if attempt == 0 else 0)
+        letters = out(cli(url, "dead-letters", "--limit", "1000", "--raw"))
+        assert len(letters) == len(hostile_lines)
+        assert snapshot(url) == snapshot(clean)
+        for args in (("clear", "--pool", "panzhihua", "--year", "2020"),
+                     ("clear", "--pool", "panzhihua", "--year", "2020", "--cold"),
+                     ("balance", "--hospital", "H001", "--as-of", "2020-06-30"),
+                     ("explain", "--case", next(json.loads(v)["payload"]["case_id"] for v in valid
+                                                if b'"CaseSubmitted"' in v)),
+                     ("doctor",), ("rebuild",)):
+            answered = cli(url, *args)
+            assert answered.exit_code == 0, (args, answered.output[-2000:])
+            assert not isinstance(answered.exception, Exception) or isinstance(answered.exception, SystemExit)

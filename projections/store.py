@@ -452,7 +452,7 @@ class LedgerStore:
         consumed = 0
         for consumed, raw in enumerate(raws, start=1):
             line = first_line + consumed - 1
-            data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else bytes(raw)
+            data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
             if not data.strip():
                 continue
             try:

@@ -545,9 +545,9 @@ class LedgerStore:
                 else:
                     late.append((e.line, e.raw, _other_content(eid)))
             self._dead_letter(late, origin, stamp, report)
-        report.accepted += sum(1 for e in done if e.event.event_type != "HistoryBackfilled")
+        report.accepted += sum(1 for _, e in done if e.event.event_type != "HistoryBackfilled")
         if done:
-            self.complete_derivations()
+            self.complete_derivations({nid: e.event for nid, e in done})
             checkpoint("derivation")
 
     def _refusal(
@@ -672,7 +672,7 @@ class LedgerStore:
                 kept.append(e)
         return kept, moved
 
-    def complete_derivations(self) -> int:
+    def complete_derivations(self, known: dict[int, Envelope] | None = None) -> int:
         """Derives what the journal implies but no one appended yet: `PenaltyImposed`.
 
         Tracked by journal position (`ledger_index_tracking` row `penalties`): the verdicts
@@ -680,9 +680,11 @@ class LedgerStore:
         version every case of the pool-years it touches, a registration its hospital's;
         arrival order is free, EVENTS.md) are looked at. Runs after every append and
         whenever the store opens, so a crash
-        between the journal write and the derivation heals on the next run. Returns how many
-        penalties were new.
+        between the journal write and the derivation heals on the next run. `known`: entries
+        this store just appended, by journal position, so they need not be read back. Returns
+        how many penalties were new.
         """
+        known = known or {}
         new = 0
         for _ in range(3):  # the penalties appended move the head; they unblock nothing
             self.sync_index()
@@ -692,10 +694,14 @@ class LedgerStore:
                 if done >= head:
                     return new
                 t = index_table
-                rows = conn.execute(
-                    select(t.c.event_type, t.c.body).where(t.c.seq > done, t.c.seq <= head).order_by(t.c.seq)
-                ).all()
-            events = [_parse_stored(et, body) for et, body in rows]
+                positions = conn.execute(select(t.c.seq).where(t.c.seq > done, t.c.seq <= head)).scalars().all()
+                unread = [seq for seq in positions if seq not in known]
+                rows = []
+                for i in range(0, len(unread), _IN_CHUNK):
+                    rows += conn.execute(
+                        select(t.c.event_type, t.c.body).where(t.c.seq.in_(unread[i : i + _IN_CHUNK]))
+                    ).all()
+            events = [known[seq] for seq in positions if seq in known] + [_parse_stored(et, b) for et, b in rows]
             new += self.derive_penalties(self.cases_impacted(events))
             with self._engine.begin() as conn:
                 conn.execute(
@@ -741,8 +747,16 @@ class LedgerStore:
         return found
 
     def cases_impacted(self, events: Iterable[Envelope]) -> set[str]:
-        """The case ids of `impacted(events)`."""
-        return {case for _, _, _, case in self.impacted(events)}
+        """The case ids of `impacted(events)`; a case event names its own, no lookup needed."""
+        named: set[str] = set()
+        wider: list[Envelope] = []
+        for e in events:
+            case_id = impact(e).case_id
+            if case_id is not None:
+                named.add(case_id)
+            else:
+                wider.append(e)
+        return named | {case for _, _, _, case in self.impacted(wider)} if wider else named
 
     def derive_penalties(self, case_ids: Iterable[str] | None = None) -> int:
         """Appends the `PenaltyImposed` due for violation verdicts (RULES.md 4; ledger/derivation.py).
@@ -793,10 +807,11 @@ class LedgerStore:
 
     def _append(
         self, entries: list[_Entry], companion: Callable[[list[_Entry]], _Entry] | None = None
-    ) -> tuple[list[_Entry], list[_Entry]]:
+    ) -> tuple[list[tuple[int, _Entry]], list[_Entry]]:
         """Journals `entries`, one transaction per chunk of at most `JOURNAL_TXN_BYTES`, a
         chunk whose id was taken meanwhile one by one; returns (done, conflicting).
         `companion(chunk)` adds one entry to each chunk's transaction (`HistoryBackfilled`).
+        `done` pairs each entry with its journal position.
 
         The chunks keep each pipeline of `eventsourcing.postgres` small: psycopg 3.3.9 hangs
         for good in `Pipeline.sync()` once one pipelined insert carries more than ~3-4.5 MB
@@ -825,7 +840,7 @@ class LedgerStore:
         checkpoint("journal")
         self._sync(done)
         checkpoint("index")
-        return [e for _, e in done], conflicts
+        return done, conflicts
 
     def _dead_letter(
         self, refused: list[tuple[int, bytes, InvalidEvent]], origin: str, stamp: datetime, report: IngestReport

@@ -8,8 +8,9 @@ no points).
 from __future__ import annotations
 
 import json
+import os
 import sys
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,13 +19,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from drg_ledger import moments
 from ledger.clearing import ClearingError
 from ledger.policy import PolicyMissing
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 err = Console(stderr=True)
-CHINA = timezone(timedelta(hours=8))
+CHINA = moments.CHINA
 
 DatabaseUrl = typer.Option(None, "--database-url", envvar="DRG_LEDGER_DATABASE_URL",
                            help="PostgreSQL URL; default: the embedded SQLite file drg-ledger.db here.")
@@ -39,23 +41,19 @@ EXIT_REJECTED, EXIT_NOT_FOUND, EXIT_CANNOT_COMPUTE = 1, 3, 4
 
 
 def parse_moment(text: str | None, option: str = "--known-at") -> datetime | None:
-    """`--known-at`: a date means the end of that day; a time without zone is China time."""
-    if text is None:
-        return None
+    """`--known-at` as `drg_ledger.moments.parse_moment` reads it (shared with the HTTP service):
+    a date means the end of that day; a time without zone is China time."""
     try:
-        if len(text) == 10:
-            return datetime.combine(date.fromisoformat(text), time.max, CHINA)
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not an ISO date or datetime", param_hint=option) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=CHINA)
+        return moments.parse_moment(text, option)
+    except moments.BadMoment as exc:
+        raise typer.BadParameter(exc.reason, param_hint=exc.field) from None
 
 
 def parse_day(text: str, option: str) -> date:
     try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not an ISO date YYYY-MM-DD", param_hint=option) from None
+        return moments.parse_day(text, option)
+    except moments.BadMoment as exc:
+        raise typer.BadParameter(exc.reason, param_hint=exc.field) from None
 
 
 def open_store(database_url: str | None) -> Any:
@@ -795,6 +793,68 @@ def diff(
     from drg_ledger.diff_view import render_diff
 
     render_diff(console, result, limit=limit)
+# --------------------------------------------------------------------------- HTTP service
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
+    tokens: Optional[Path] = typer.Option(None, "--tokens", envvar="DRG_LEDGER_TOKENS", dir_okay=False,
+                                          help="Token file (drg-ledger token writes it); without one every "
+                                          "API call but /healthz and /metrics is refused 401."),
+    stores: int = typer.Option(4, "--stores", min=1, max=32, help="Store connections answering at once."),
+    database_url: Optional[str] = DatabaseUrl,
+    log_level: str = typer.Option("info", "--log-level"),
+    as_json: bool = JsonOut,
+) -> None:
+    """The HTTP API, web page and docs (drg_ledger/service; README "The service")."""
+    import uvicorn
+
+    from drg_ledger.service.app import create_app
+    from drg_ledger.service.auth import TokenBook, TokenFileError
+    from projections.store import DATABASE_URL_ENV, DEFAULT_DATABASE_URL
+
+    try:
+        book = TokenBook.load(tokens) if tokens is not None else TokenBook.empty()
+    except TokenFileError as exc:
+        fail(2, f"--tokens {tokens}: {exc}")
+    url = database_url or os.environ.get(DATABASE_URL_ENV) or DEFAULT_DATABASE_URL
+    with open_store(url):
+        pass  # refuse to start on a store that cannot be opened
+    service = create_app(url, book, stores=stores)
+    config = uvicorn.Config(service, host=host, port=port, log_level=log_level.lower(), access_log=False)
+    server = uvicorn.Server(config)
+    started = {"url": f"http://{host}:{port}/", "docs": f"http://{host}:{port}/docs", "tokens": len(book)}
+    if as_json:
+        print(json.dumps(started), flush=True)
+    else:
+        err.print(f"drg-ledger service on [bold]{started['url']}[/bold] (docs {started['docs']}), "
+                  f"{len(book)} token(s)" + ("" if tokens else " — no token file: the API refuses every call 401"))
+    server.run()
+
+
+@app.command()
+def token(
+    tokens: Path = typer.Option(..., "--tokens", dir_okay=False, help="Token file to create or extend."),
+    role: str = typer.Option(..., "--role", help="operator, auditor or his:<hospital_id>"),
+    name: str = typer.Option(..., "--name", help="Who holds it (unique in the file), e.g. bureau-ops."),
+    as_json: bool = JsonOut,
+) -> None:
+    """Make a bearer token for a role; the file keeps only its SHA-256, the token is printed once."""
+    from drg_ledger.service.auth import TokenFileError, add_token
+
+    try:
+        secret = add_token(tokens, name, role)
+    except TokenFileError as exc:
+        fail(2, f"--tokens {tokens}: {exc}")
+    except ValueError as exc:
+        fail(2, f"--tokens {tokens} is not a token file: {exc}")
+    if as_json:
+        emit({"name": name, "role": role, "token": secret, "tokens": str(tokens)})
+    else:
+        console.print(f"token for [bold]{name}[/bold] ({role}), shown once — its hash is in {tokens}:")
+        print(secret)
 
 
 def main() -> None:

@@ -16,4 +16,6 @@ if [ -z "${DRG_LEDGER_TEST_POSTGRES_URL:-}" ] && command -v pg_lsclusters >/dev/
 fi
 export DRG_LEDGER_TEST_POSTGRES_URL="${DRG_LEDGER_TEST_POSTGRES_URL:-postgresql://postgres@127.0.0.1:5432/test}"
 .venv/bin/lint-imports
+# Undefined names, redefinitions and unused imports: what a merge of two branches breaks.
+.venv/bin/ruff check --select F821,F811,F401 --quiet ledger projections streams schemas drg_ledger benchmarks tests
 exec .venv/bin/python -m pytest -q "$@"

@@ -524,6 +524,8 @@ def print_stream_audit(result: Any) -> None:
 def stream_audit_command(
     bootstrap_servers: Optional[str] = AuditBroker,
     topic_prefix: str = TopicPrefix,
+    settle: float = typer.Option(5.0, "--settle", min=0, help="Seconds between the two looks a hole must "
+                                 "survive (an ingest in flight shows passing holes)."),
     database_url: Optional[str] = DatabaseUrl,
     as_json: bool = JsonOut,
 ) -> None:
@@ -535,7 +537,7 @@ def stream_audit_command(
     from streams.topics import TopicNames
 
     with open_store(database_url) as store:
-        result = audit(store, TopicNames(topic_prefix).events, bootstrap_servers)
+        result = audit(store, TopicNames(topic_prefix).events, bootstrap_servers, settle)
     if as_json:
         emit(result.as_json())
     else:

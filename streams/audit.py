@@ -10,13 +10,18 @@ last offset it sees + 1 is the end. Against a correct broker this reads one reco
 A **hole** is an offset from the log start up to the highest processed one that has no
 fate: something consumed was lost. The **lag** is what follows the highest processed
 offset up to the log end: not processed yet. The audit fails on holes only.
+
+An ingest in flight can show a passing hole: the store writes a batch's dead letters before
+its journal entries (a crash in between loses nothing), so for a moment a refused record's
+offset has its fate and the accepted ones before it not yet. A hole therefore counts only
+when it is missing in two looks `settle_s` apart (default 5 s; more than a batch takes).
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from projections.offsets import PartitionMark, marks
@@ -100,10 +105,35 @@ def log_offsets(bootstrap_servers: str, topic: str, timeout_s: float = 30.0) -> 
         consumer.close()
 
 
-def audit(store: LedgerStore, topic: str, bootstrap_servers: str | None = None) -> StreamAudit:
-    """The store's marks of `topic`, against the broker's log when `bootstrap_servers` is given."""
+SETTLE_S = 5.0
+
+
+def intersect(a: tuple[tuple[int, int], ...], b: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+    """The offsets in both lists of inclusive ranges, as ranges."""
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if lo <= hi:
+            out.append((lo, hi))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return tuple(out)
+
+
+def audit(store: LedgerStore, topic: str, bootstrap_servers: str | None = None,
+          settle_s: float = SETTLE_S) -> StreamAudit:
+    """The store's marks of `topic`, against the broker's log when `bootstrap_servers` is given;
+    a hole counts when it is still there `settle_s` later (module docstring)."""
     logs = log_offsets(bootstrap_servers, topic) if bootstrap_servers else {}
-    found = marks(store, topic, {(topic, p): start for p, (start, _) in logs.items()})
+    starts = {(topic, p): start for p, (start, _) in logs.items()}
+    found = marks(store, topic, starts)
+    if settle_s > 0 and any(m.holes for m in found.values()):
+        time.sleep(settle_s)
+        again = marks(store, topic, starts)
+        found = {tp: replace(m, holes=intersect(found[tp].holes, m.holes)) if tp in found else m
+                 for tp, m in again.items()}
     out = []
     for (_, partition), m in found.items():
         end = logs[partition][1] if partition in logs else None

@@ -89,12 +89,15 @@ class IntakeResult:
     recompute: dict[Key, str] = field(default_factory=dict)  # key -> one event_id that caused it
 
 
-def run_batch(store: LedgerStore, messages: Sequence[Inbound]) -> IntakeResult:
+def run_batch(store: LedgerStore, messages: Sequence[Inbound],
+              reread: dict[tuple[str, int], tuple[int, int]] | None = None) -> IntakeResult:
     """Appends `messages` to the store; returns the refusals and the totals to recompute.
 
     1. Messages whose origin is already a dead letter were refused before a crash: they
        are forwarded again (the topic is at least once) but not stored again (the store
-       keeps one dead letter per origin).
+       keeps one dead letter per origin) — except inside `reread` ((topic, partition) ->
+       first, last offset re-read after a hole): those were judged without the records
+       of the hole (a case whose registration was lost), so they are judged again.
     2. The rest go to `LedgerStore.ingest`, one call per run of consecutive offsets of a
        partition, so each dead letter's origin is its exact offset.
     3. Every message that parses, duplicates included, names totals to recompute: a
@@ -120,6 +123,10 @@ def run_batch(store: LedgerStore, messages: Sequence[Inbound]) -> IntakeResult:
             ).all()
             for origin, fld, reason, event_id in rows:
                 i = by_origin[origin]
+                m = messages[i]
+                first, last = (reread or {}).get((m.topic, m.partition), (0, -1))
+                if first <= m.offset <= last:
+                    continue
                 if i not in skip:
                     skip.add(i)
                     result.refused.append(Refused(messages[i], fld, reason, event_id))
@@ -254,6 +261,8 @@ class EventsConsumer:
         self._converge_now = False
         self._resume: set[Any] = set()
         self._seeks: dict[Any, int] = {}  # per partition, how many times it was sought
+        self._ready: set[Any] = set()  # assigned partitions already sought from the store's mark
+        self._reread: dict[tuple[str, int], tuple[int, int]] = {}  # offsets re-read after a hole
 
     # -- blocking work, on the intake thread (LedgerStore is one per thread)
 
@@ -309,7 +318,10 @@ class EventsConsumer:
                                                   max_records=self.settings.batch_size)
                 # Records fetched before a seek made while we waited (an assignment) come again
                 # from the sought offset: processing them now would only duplicate work.
-                got = {tp: recs for tp, recs in got.items() if self._seeks.get(tp, 0) == before.get(tp, 0)}
+                # Records of a partition not sought from the store yet (aiokafka fetches from the
+                # group's offset before the assignment callback has run) come again likewise.
+                got = {tp: recs for tp, recs in got.items()
+                       if tp in self._ready and self._seeks.get(tp, 0) == before.get(tp, 0)}
                 self.fault.apply(got)
                 batch = [r for recs in got.values() for r in recs]
                 if batch:
@@ -339,6 +351,9 @@ class EventsConsumer:
             m = found[(tp.topic, tp.partition)]
             at = max(m.mark + 1, starts[tp])
             self._seek(tp, at)
+            self._ready.add(tp)
+            if m.holes:
+                self._reread[(tp.topic, tp.partition)] = (at, m.highest)
             log.info("partition %s/%d assigned: resuming at offset %d (store mark %d%s)", tp.topic, tp.partition, at,
                      m.mark, f", holes {list(m.holes)}" if m.holes else "")
         # The seek re-reads every hole; the totals of these partitions' hospitals converge now.
@@ -376,6 +391,7 @@ class EventsConsumer:
                 log.warning("partition %s/%d: offsets %s were handed over but have no fate in the store: "
                             "re-reading from %d", tp.topic, tp.partition, holes, at)
                 self._seek(tp, at)
+                self._reread[(tp.topic, tp.partition)] = (at, max(position - 1, m.highest))
         await self.converge()
 
     async def converge(self) -> None:
@@ -405,7 +421,12 @@ class EventsConsumer:
     async def handle(self, records: Sequence[Any]) -> None:
         messages = [Inbound(r.topic, r.partition, r.offset, r.key, r.value or b"") for r in records]
         started = time.perf_counter()
-        result = await retrying(lambda: self._blocking(lambda: run_batch(self._store(), messages)), "ingest")
+        reread = dict(self._reread)
+        result = await retrying(lambda: self._blocking(lambda: run_batch(self._store(), messages, reread)), "ingest")
+        for m in messages:  # past the re-read range: judged as usual again
+            tp = (m.topic, m.partition)
+            if tp in self._reread and m.offset >= self._reread[tp][1]:
+                del self._reread[tp]
         stored = time.perf_counter()
 
         async def send_all() -> None:
@@ -433,6 +454,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         self.owner.assigned -= set(revoked)
+        self.owner._ready -= set(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.owner.assigned = set(assigned)

@@ -68,7 +68,8 @@ TOPICS: tuple[TopicSpec, ...] = (
         value="One event envelope of spec/EVENTS.md as UTF-8 JSON (schemas/json/ledger-event.schema.json).",
         headers={},
         produced_by="drg-ledger publish (kafka-python, idempotent, acks=all); any HIS or operator client",
-        consumed_by="drg-ledger worker, agent ingest_events (consumer group drg-ledger)",
+        consumed_by="drg-ledger worker, its events consumer (aiokafka, consumer group <prefix>.intake; "
+                    "the store owns the offsets, the group's commits are advisory)",
     ),
     TopicSpec(
         DEAD_LETTERS,

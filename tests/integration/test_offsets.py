@@ -16,7 +16,7 @@ from sqlalchemy import delete, select
 from ledger.journal import Journal, LedgerEntry
 from projections.offsets import marks
 from projections.store import LedgerStore, consumed_offsets_table, journal_env, kafka_origin
-from tests.factories import case, hospital, lines, policy
+from tests.factories import DEFAULT_BODIES, case, hospital, lines, policy
 
 TOPIC = "drg-test.events"
 WIDE = timedelta(days=36500)  # the factories' events are 2020 history
@@ -98,3 +98,59 @@ def test_entries_journalled_before_origins_existed_still_decode(database_url: st
     (_, decoded), = journal.read()
     assert decoded.origin is None and decoded.event_id == "old-1"
     journal.close()
+
+
+def test_totals_that_miss_an_event_lag_and_reconcile_fails_beyond_the_bound(database_url: str) -> None:
+    from projections.running_totals import Key, create_tables, lagging, recompute, reconcile, upsert
+    from tests.factories import verdict, withdrawal
+
+    with LedgerStore(database_url, late_window=WIDE) as store:
+        store.ingest(lines(hospital("H001"), hospital("H002"), *[policy(c) for c in DEFAULT_BODIES],
+                           case("C1"), case("C9", hospital_id="H002")), origin="file:t.jsonl")
+        engine = store.engine
+        create_tables(engine)
+        h1, h2 = Key("panzhihua", 2020, "H001"), Key("panzhihua", 2020, "H002")
+        # No rows yet: both hospitals with cases lag.
+        assert [(lag.key, lag.position) for lag in lagging(engine)] == [(h1, None), (h2, None)]
+        upsert(engine, [recompute(store, h1), recompute(store, h2)])
+        assert lagging(engine) == []
+
+        # An upheld verdict on C9 changes no figure, but H002's row has not seen it.
+        store.ingest(lines(verdict("C9")), origin="file:t2.jsonl")
+        (lag,) = lagging(engine)
+        seq = store.position
+        assert (lag.key, lag.latest) == (h2, seq) and lag.position < seq and lag.missed_since is not None
+        assert lagging(engine, hospitals={"H001"}) == []
+        late = reconcile(store, "panzhihua", 2020, bound=timedelta(0))
+        assert late.differences == [] and [x.key for x in late.lagging] == [h2] and not late.ok
+        assert reconcile(store, "panzhihua", 2020, bound=timedelta(hours=1)).ok, "within the bound"
+
+        # A withdrawal changes H001's figures: it lags (and differs) until recomputed.
+        store.ingest(lines(withdrawal("C1")), origin="file:t3.jsonl")
+        assert {x.key for x in lagging(engine)} == {h1, h2}
+        upsert(engine, [recompute(store, h1), recompute(store, h2)])
+        assert lagging(engine) == [] and reconcile(store, "panzhihua", 2020, bound=timedelta(0)).ok
+
+
+def test_stream_audit_command_names_the_holes_and_exits_1(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from drg_ledger.cli import app
+
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    with LedgerStore(database_url, late_window=WIDE) as store:
+        ingest_at(store, 0, 0, lines(hospital("H001"), policy("drg_table")))
+        ingest_at(store, 0, 5, lines(case("C1")))
+    runner = CliRunner()
+    args = ["stream-audit", "--topic-prefix", "drg-test", "--settle", "0", "--database-url", database_url]
+    table = runner.invoke(app, args)
+    assert table.exit_code == 1, table.output
+    assert "2-4" in table.output and "3 offsets were never processed" in table.output
+    as_json = runner.invoke(app, [*args, "--json"])
+    assert as_json.exit_code == 1
+    (p0,) = json.loads(as_json.output)["partitions"]
+    assert (p0["mark"], p0["missing_offsets"], p0["lag"]) == (1, [2, 3, 4], None)
+    with LedgerStore(database_url, late_window=WIDE) as store:
+        ingest_at(store, 0, 2, lines(case("C2"), case("C3"), case("C4")))
+    done = runner.invoke(app, args)
+    assert done.exit_code == 0 and "no hole" in done.output

@@ -7,7 +7,8 @@
   case; EVENTS.md "Order of arrival");
 - a policy version or a coefficient change the pool-years its valid interval touches
   (RULES.md 2: resolved by discharge date), narrowed to the hospital or DRG group it names;
-- a budget its pool-year (RULES.md 5), a prepayment the year it was paid in (RULES.md 6);
+- a budget its pool-year (RULES.md 5), a prepayment the year it was paid in (RULES.md 6):
+  money only, no case's points;
 - a registration every year of its pool (a grade has no valid time: README "Readings" 7);
 - ledger-written records (`PenaltyImposed`, `ClearingCompleted`, `HistoryBackfilled`) move
   no figure: clearing recomputes penalties from verdicts (README "Readings" 1).
@@ -37,6 +38,8 @@ class Impact:
     hospital_id: str | None = None
     case_id: str | None = None
     drg_code: str | None = None
+    points: bool = True
+    """False: the event moves money only (a budget, a prepayment), never a case's points."""
 
     @property
     def changes_nothing(self) -> bool:
@@ -79,9 +82,9 @@ def impact(event: Any, case_years: Iterable[int] = (), case_pool: str | None = N
             getattr(p, "drg_code", None),
         )
     if kind == "BudgetSet":
-        return Impact(p.pool, frozenset({p.year}))
+        return Impact(p.pool, frozenset({p.year}), points=False)
     if kind == "PrepaymentMade":
-        return Impact(p.pool, frozenset({p.paid_on.year}), p.hospital_id)
+        return Impact(p.pool, frozenset({p.paid_on.year}), p.hospital_id, points=False)
     if kind == "HospitalRegistered":
         return Impact(p.pool, ALL_YEARS, p.hospital_id)
     return NO_IMPACT

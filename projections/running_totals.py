@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 
 ZERO = Decimal(0)
 FIGURES = ("cases", "settled_points", "deducted_points", "net_points", "personal_paid")
-CASE_EVENTS = ("CaseSubmitted", "CaseWithdrawn", "ReviewVerdictRecorded", "PenaltyImposed")
 """Events that name a case: they change the totals of the case's hospital, every year it was filed under."""
 
 
@@ -122,69 +121,14 @@ def hospital_totals(events: Iterable[Any], pool: str, year: int, hospital_id: st
 # --------------------------------------------------------------------------- which totals an event changes
 
 
-@dataclass
-class _Scopes:
-    case_ids: set[str] = field(default_factory=set)
-    hospitals: set[str] = field(default_factory=set)
-    # (pool, first year, last year or None, hospital or None)
-    intervals: set[tuple[str, int, int | None, str | None]] = field(default_factory=set)
-
-
-def _scopes(events: Iterable[Any]) -> _Scopes:
-    s = _Scopes()
-    for e in events:
-        p = e.payload
-        if e.event_type in CASE_EVENTS:
-            s.case_ids.add(p.case_id)
-        elif e.event_type == "HospitalRegistered":
-            # A re-registration may change the grade, hence every coefficient (RULES.md 3).
-            s.hospitals.add(p.hospital_id)
-        elif e.event_type in ("PolicyVersionPublished", "CoefficientChanged"):
-            # RULES.md 2: a version applies to cases discharged inside its valid interval,
-            # so it can change the years the interval touches, and no others. A coefficient
-            # scoped to a hospital changes that hospital only; a (DRG code, grade) one, every
-            # hospital of the pool (the grade is the hospital's, read at settle time).
-            last = p.effective_to.year if p.effective_to is not None else None
-            hospital = getattr(p, "hospital_id", None)
-            s.intervals.add((p.pool, p.effective_from.year, last, hospital))
-        # BudgetSet, PrepaymentMade, ClearingCompleted: no figure of the totals depends on them.
-    return s
-
-
-def recompute_keys(conn: Connection, events: Iterable[Any]) -> set[Key]:
-    """The (pool, year, hospital) totals that `events` (parsed envelopes) can change.
-
-    Answered from the store's index, so it sees cases stored by earlier batches:
-    - a case event: its case's hospital, for every year any revision was discharged in (a
-      revision may move a case to another year); a verdict or withdrawal that names a case
-      not yet known changes nothing until the case comes, whose own arrival recomputes;
-    - a hospital registration: that hospital, every year it has cases;
-    - a policy version or coefficient change: every hospital of the pool with cases in the
-      years its valid interval touches (a hospital-scoped coefficient: that hospital only).
+def recompute_keys(store: LedgerStore, events: Iterable[Any]) -> set[Key]:
+    """The (pool, year, hospital) totals that `events` (parsed envelopes) can change: the
+    store's one impact rule (`LedgerStore.impacted`, `ledger/impact.py`) — a case event its
+    case's hospital in every year a revision was discharged in; a registration its hospital;
+    a policy version or coefficient change the hospitals of its pool in the years its valid
+    interval touches; a budget or prepayment nothing (no total depends on money).
     """
-    s = _scopes(events)
-    t = index_table
-    conditions: list[Any] = []
-    ids = sorted(s.case_ids)
-    for i in range(0, len(ids), 900):
-        conditions.append(t.c.case_id.in_(ids[i : i + 900]))
-    if s.hospitals:
-        conditions.append(t.c.hospital_id.in_(sorted(s.hospitals)))
-    for pool, first, last, hospital in s.intervals:
-        c = [t.c.pool == pool, t.c.year >= first]
-        if last is not None:
-            c.append(t.c.year <= last)
-        if hospital is not None:
-            c.append(t.c.hospital_id == hospital)
-        conditions.append(and_(*c))
-    if not conditions:
-        return set()
-    rows = conn.execute(
-        select(t.c.pool, t.c.year, t.c.hospital_id)
-        .where(t.c.event_type == "CaseSubmitted", t.c.pool.is_not(None), or_(*conditions))
-        .distinct()
-    )
-    return {Key(pool, year, hospital) for pool, year, hospital in rows}
+    return {Key(pool, year, hospital) for pool, year, hospital, _ in store.impacted(events)}
 
 
 # --------------------------------------------------------------------------- the SQL mirror
@@ -397,9 +341,8 @@ def recompute(
 
 
 def keys_for(store: LedgerStore, events: Iterable[Any]) -> set[Key]:
-    """`recompute_keys` on the store's index."""
-    with store_engine(store).connect() as conn:
-        return recompute_keys(conn, events)
+    """`recompute_keys` (kept as the stream intake's name)."""
+    return recompute_keys(store, events)
 
 
 # --------------------------------------------------------------------------- convergence
@@ -451,7 +394,7 @@ def lagging(engine: Engine, pool: str | None = None, year: int | None = None,
 
     by_case = narrowed(select(c.c.pool, c.c.year, c.c.hospital_id, e.c.seq, e.c.ingested_at)
                        .select_from(c.join(e, e.c.case_id == c.c.case_id))
-                       .where(e.c.event_type.in_(CASE_EVENTS)), c)
+                       .where(e.c.event_type.in_(CASE_LEVEL)), c)
     keys = narrowed(select(k.c.pool, k.c.year, k.c.hospital_id).distinct(), k).subquery("keys")
     by_pool = (select(keys.c.pool, keys.c.year, keys.c.hospital_id, e.c.seq, e.c.ingested_at)
                .select_from(keys.join(e, e.c.pool == keys.c.pool))

@@ -90,7 +90,6 @@ CASE_LEVEL = ("CaseSubmitted", "CaseWithdrawn", "ReviewVerdictRecorded", "Penalt
 """Event types that name a case; verdicts may arrive first (EVENTS.md "Order of arrival")."""
 
 NEEDS_REGISTERED_HOSPITAL = frozenset({"CaseSubmitted", "CaseWithdrawn"})
-_UNBLOCKS_PENALTIES = frozenset({"PolicyVersionPublished", "CoefficientChanged", "HospitalRegistered"})
 
 _INDEX = "ledger_index"
 _PENALTIES = "penalties"  # tracking row: journal position up to which penalties are derived
@@ -692,9 +691,10 @@ class LedgerStore:
         """Derives what the journal implies but no one appended yet: `PenaltyImposed`.
 
         Tracked by journal position (`ledger_index_tracking` row `penalties`): the verdicts
-        and cases named by entries after that position are looked at, every verdict when a
-        policy version, coefficient change or registration is among them (arrival order is
-        free, EVENTS.md). Runs after every append and whenever the store opens, so a crash
+        on the cases the entries after that position can change (`impacted`: a policy
+        version every case of the pool-years it touches, a registration its hospital's;
+        arrival order is free, EVENTS.md) are looked at. Runs after every append and
+        whenever the store opens, so a crash
         between the journal write and the derivation heals on the next run. Returns how many
         penalties were new.
         """
@@ -708,13 +708,10 @@ class LedgerStore:
                     return new
                 t = index_table
                 rows = conn.execute(
-                    select(t.c.event_type, t.c.case_id).where(t.c.seq > done, t.c.seq <= head)
+                    select(t.c.event_type, t.c.body).where(t.c.seq > done, t.c.seq <= head).order_by(t.c.seq)
                 ).all()
-            if any(et in _UNBLOCKS_PENALTIES for et, _ in rows):
-                new += self.derive_penalties()
-            else:
-                named = {c for et, c in rows if et in ("CaseSubmitted", "ReviewVerdictRecorded")}
-                new += self.derive_penalties(named)
+            events = [_parse_stored(et, body) for et, body in rows]
+            new += self.derive_penalties(self.cases_impacted(events))
             with self._engine.begin() as conn:
                 conn.execute(
                     update(tracking_table)
@@ -723,10 +720,50 @@ class LedgerStore:
                 )
         return new
 
+    def impacted(self, events: Iterable[Envelope]) -> set[tuple[str, int, str, str]]:
+        """(pool, year, hospital, case) of every indexed case whose points `events` can
+        change: the one impact rule (`ledger.impact`) asked of the index, so it sees the
+        cases stored by earlier batches. Events that move money only are left out."""
+        t = index_table
+        conditions: list[Any] = []
+        case_ids: set[str] = set()
+        for e in events:
+            effect = impact(e)
+            if effect.case_id is not None:  # its years are the index's to say
+                case_ids.add(effect.case_id)
+                continue
+            if effect.changes_nothing or not effect.points:
+                continue
+            c: list[Any] = [t.c.pool == effect.pool]
+            if effect.years is not None:
+                c.append(t.c.year.between(min(effect.years), max(effect.years)))  # intervals are contiguous
+            if effect.hospital_id is not None:
+                c.append(t.c.hospital_id == effect.hospital_id)
+            conditions.append(and_(*c))
+        ids = sorted(case_ids)
+        conditions.extend(t.c.case_id.in_(ids[i : i + _IN_CHUNK]) for i in range(0, len(ids), _IN_CHUNK))
+        if not conditions:
+            return set()
+        found: set[tuple[str, int, str, str]] = set()
+        with self._engine.connect() as conn:
+            for i in range(0, len(conditions), 50):
+                rows = conn.execute(
+                    select(t.c.pool, t.c.year, t.c.hospital_id, t.c.case_id)
+                    .where(t.c.event_type == "CaseSubmitted", t.c.pool.is_not(None), or_(*conditions[i : i + 50]))
+                    .distinct()
+                )
+                found.update((pool, year, hospital, case) for pool, year, hospital, case in rows)
+        return found
+
+    def cases_impacted(self, events: Iterable[Envelope]) -> set[str]:
+        """The case ids of `impacted(events)`."""
+        return {case for _, _, _, case in self.impacted(events)}
+
     def derive_penalties(self, case_ids: Iterable[str] | None = None) -> int:
         """Appends the `PenaltyImposed` due for violation verdicts (RULES.md 4; ledger/derivation.py).
 
-        Looks at the verdicts on `case_ids` (every verdict when None); idempotent: ids
+        Looks at the verdicts on `case_ids` (every verdict when None; `complete_derivations`
+        passes the cases the new entries can change, `ledger.impact`); idempotent: ids
         already recorded are skipped. Returns how many penalties were new.
         """
         t = index_table

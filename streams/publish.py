@@ -11,14 +11,12 @@ This module imports kafka-python only, never Faust: publishing needs no stream p
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
-from ledger.events import LEDGER_WRITTEN, InvalidEvent, parse_event
+from ledger.events import LEDGER_WRITTEN, InvalidEvent, decode_line, parse_event
 from streams.topics import EVENTS, ensure_topics, key_for
 
 CASE_MEMORY = 1_000_000
@@ -172,8 +170,8 @@ def publish(
 def _validate(data: bytes) -> tuple[dict[str, Any] | None, InvalidEvent | None]:
     """The decoded object (when it is one) and the reason it is refused (None: valid)."""
     try:
-        decoded = json.loads(data, parse_float=Decimal)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        decoded = decode_line(data)  # within EVENTS.md "Limits on input": no recursion, no surrogates
+    except InvalidEvent:
         decoded = None
     obj = decoded if isinstance(decoded, dict) else None
     try:

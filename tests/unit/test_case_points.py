@@ -9,7 +9,7 @@ import pytest
 
 from ledger.catalogue import normalise_code
 from ledger.clearing import settle
-from ledger.points import CaseType
+from ledger.points import CaseType, round_points
 from tests.unit.rules_world import (
     CASE_RULES,
     NOW,
@@ -85,8 +85,12 @@ def test_unstable_group_and_ungrouped_cases_are_paid_by_cost() -> None:
 
 
 def test_case_points_round_half_up_to_four_places() -> None:
-    # by cost: 12.34565 / 10,000 x 100 = 0.1234565 -> 0.1235 (RULES.md preamble, ROUND_HALF_UP)
-    assert points_of(case("c", "H1", "U1", "12.34565"))[0] == Decimal("0.1235")
+    # RULES.md preamble, ROUND_HALF_UP: 12.34565 / 10,000 x 100 = 0.1234565 -> 0.1235. A case's
+    # cost has at most 2 decimal places (EVENTS.md "Limits on input"), which this pool's round
+    # AC_all of 10,000 divides exactly, so the rounding is shown on the helper every rule calls.
+    assert round_points(Decimal("12.34565") / 10_000 * 100) == Decimal("0.1235")
+    assert round_points(Decimal("0.12344999")) == Decimal("0.1234")
+    assert points_of(case("c", "H1", "U1", "12.35"))[0] == Decimal("0.1235")
 
 
 def test_special_review_pays_cost_less_unreasonable_cost() -> None:

@@ -65,7 +65,8 @@ def test_records_lost_inside_the_consumer_are_named_by_the_audit_and_re_read(
 ) -> None:
     partition = _busiest_partition(reference.path)
     env = {**stream_env, "DRG_LEDGER_FAULT_DROP": f"{partition}:7", "DRG_LEDGER_AUDIT_INTERVAL_S": "40"}
-    worker = WorkerProcess(env, Path(reference.path).parent, 99)
+    # A static member (group.instance.id): the option is exercised against the real broker too.
+    worker = WorkerProcess(env, Path(reference.path).parent, 99, ("--instance-id", "fault-worker-1"))
     try:
         worker.wait_ready()
         published = cli(stream_env, "publish", str(reference.path), "--send-invalid", "--json")
@@ -106,6 +107,7 @@ def test_records_lost_inside_the_consumer_are_named_by_the_audit_and_re_read(
         streamed = {h["hospital_id"]: h for h in json.loads(clear.stdout)["hospitals"]}
         assert streamed == reference.hospitals
         assert worker.errors() == [], worker.errors()[:5]
+        assert "as static member fault-worker-1" in log
     finally:
         worker.stop()
 

@@ -17,7 +17,8 @@ consumer groups and database:
    rebalances: the dead member leaves after its session, the new one joins);
 3. the run ends when the store holds every event of the reference and the running totals
    agree with a replay, or after `--timeout` seconds.
-A run is **exact** when: the streamed store holds exactly the reference's events, its
+A run is **exact** when: the streamed store holds exactly the reference's events and
+dead-letters exactly the lines the plain ingest refused, its
 clearing equals the reference's hospital by hospital (every figure), every hospital's
 running totals equal the clearing's net points (and settled, deducted), `drg-ledger
 stream-audit` (against the broker) finds no hole, and `drg-ledger reconcile` exits 0.
@@ -138,6 +139,7 @@ class Reference:
     path: Path
     lines: int
     event_ids: set[str]  # every event the store must hold (penalties included; backfill records excluded)
+    refused: set[str]  # sha256 of every line the store refuses (its dead letters)
     hospitals: dict[str, dict[str, Any]]  # hospital_id -> its clearing entry
 
 
@@ -153,6 +155,19 @@ def stored_ids(url: str) -> set[str]:
                 return set()
             return set(conn.execute(select(index_table.c.event_id)
                                     .where(index_table.c.event_type != "HistoryBackfilled")).scalars())
+    finally:
+        engine.dispose()
+
+
+def refused(url: str) -> set[str]:
+    from sqlalchemy import create_engine, select
+
+    from projections.store import dead_letters_table
+
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            return set(conn.execute(select(dead_letters_table.c.raw_sha256)).scalars())
     finally:
         engine.dispose()
 
@@ -176,7 +191,7 @@ def prepare_reference(work: Path, events: int, server: str, seed: int = 16) -> R
         done = cli(env, "ingest", str(feed.path), "--backfill", "--json")
         if done.returncode not in (0, 1):  # 1: the feed's bad lines were refused, as they must be
             raise RuntimeError(f"reference ingest failed: {done.stderr[-2000:]}")
-        return Reference(feed.path, feed.lines, stored_ids(url), clearing(env))
+        return Reference(feed.path, feed.lines, stored_ids(url), refused(url), clearing(env))
     finally:
         drop_database(server, name)
 
@@ -272,6 +287,11 @@ def run_scenario(n: int, bootstrap: str, server: str, ref: Reference, work: Path
         if ids != ref.event_ids:
             missing, extra = sorted(ref.event_ids - ids), sorted(ids - ref.event_ids)
             result.problems.append(f"events: {len(missing)} missing {missing[:5]}, {len(extra)} extra {extra[:5]}")
+
+        letters = refused(url)
+        if letters != ref.refused:
+            result.problems.append(f"dead letters: {len(letters - ref.refused)} not refused by the plain ingest, "
+                                   f"{len(ref.refused - letters)} missing")
 
         audit = cli(env, "stream-audit", "--json")
         found = json.loads(audit.stdout) if audit.stdout.strip() else {}

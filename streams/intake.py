@@ -261,6 +261,7 @@ class EventsConsumer:
         self._converge_now = False
         self._resume: set[Any] = set()
         self._seeks: dict[Any, int] = {}  # per partition, how many times it was sought
+        self._sought: dict[Any, int] = {}  # per partition, the offset it was last sought to
         self._ready: set[Any] = set()  # assigned partitions already sought from the store's mark
         self._reread: dict[tuple[str, int], tuple[int, int]] = {}  # offsets re-read after a hole
 
@@ -320,8 +321,15 @@ class EventsConsumer:
                 # from the sought offset: processing them now would only duplicate work.
                 # Records of a partition not sought from the store yet (aiokafka fetches from the
                 # group's offset before the assignment callback has run) come again likewise.
-                got = {tp: recs for tp, recs in got.items()
-                       if tp in self._ready and self._seeks.get(tp, 0) == before.get(tp, 0)}
+                kept = {}
+                for tp, recs in got.items():
+                    if tp in self._ready and self._seeks.get(tp, 0) == before.get(tp, 0):
+                        kept[tp] = recs
+                    elif tp in self._ready and tp in self.assigned:
+                        # aiokafka moved its position past the records it handed over, the
+                        # seek notwithstanding: seek again, or they would become a hole.
+                        self.consumer.seek(tp, self._sought[tp])
+                got = kept
                 self.fault.apply(got)
                 batch = [r for recs in got.values() for r in recs]
                 if batch:
@@ -363,6 +371,7 @@ class EventsConsumer:
     def _seek(self, tp: Any, offset: int) -> None:
         self.consumer.seek(tp, offset)
         self._seeks[tp] = self._seeks.get(tp, 0) + 1
+        self._sought[tp] = offset
 
     async def _starts(self, tps: list[Any]) -> dict[Any, int]:
         try:

@@ -355,18 +355,36 @@ class EventsConsumer:
         starts = await self._starts(tps)
         found = await retrying(lambda: self._blocking(self._marks, {(tp.topic, tp.partition): starts[tp] for tp in tps}),
                                "read the store's offsets")
+        committed = await self._committed(tps)
         for tp in tps:
             m = found[(tp.topic, tp.partition)]
-            at = max(m.mark + 1, starts[tp])
+            # Never past the store's mark. Before it when the group's commit is lower: the
+            # commit follows the broker's acknowledgement of a batch's dead letters and
+            # recompute requests, so the records after it may have been processed without
+            # those sends (a kill in between); reading them again sends them (idempotent).
+            at = max(min(m.mark + 1, committed.get(tp, starts[tp])), starts[tp])
             self._seek(tp, at)
             self._ready.add(tp)
             if m.holes:
                 self._reread[(tp.topic, tp.partition)] = (at, m.highest)
-            log.info("partition %s/%d assigned: resuming at offset %d (store mark %d%s)", tp.topic, tp.partition, at,
-                     m.mark, f", holes {list(m.holes)}" if m.holes else "")
+            log.info("partition %s/%d assigned: resuming at offset %d (store mark %d, group commit %s%s)", tp.topic,
+                     tp.partition, at, m.mark, committed.get(tp), f", holes {list(m.holes)}" if m.holes else "")
         # The seek re-reads every hole; the totals of these partitions' hospitals converge now.
         self._converge_now = True
         self._check_due = time.monotonic() + self.interval
+
+    async def _committed(self, tps: list[Any]) -> dict[Any, int]:
+        """The group's committed offset of each partition that has one."""
+        out = {}
+        for tp in tps:
+            try:
+                offset = await asyncio.wait_for(self.consumer.committed(tp), 10)
+            except Exception:  # noqa: BLE001 - unknown: resume from the log start (idempotent)
+                log.warning("could not read the committed offset of %s; re-reading from the log start", tp)
+                continue
+            if offset is not None and offset >= 0:
+                out[tp] = int(offset)
+        return out
 
     def _seek(self, tp: Any, offset: int) -> None:
         self.consumer.seek(tp, offset)

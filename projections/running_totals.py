@@ -16,10 +16,11 @@ them without the stream worker. `reconcile` compares that table with a full repl
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -32,8 +33,10 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    func,
     or_,
     select,
+    union_all,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -342,6 +345,82 @@ def keys_for(store: LedgerStore, events: Iterable[Any]) -> set[Key]:
     return recompute_keys(store, events)
 
 
+# --------------------------------------------------------------------------- convergence
+
+LAG_BOUND_ENV = "DRG_LEDGER_TOTALS_LAG_BOUND_S"
+DEFAULT_LAG_BOUND = timedelta(seconds=120)
+"""`reconcile` fails when a hospital's totals miss an event the store accepted longer ago than
+this (streams/README.md "Totals always converge": the worker's check runs every 10 s)."""
+
+_WIDE_EVENTS = ("PolicyVersionPublished", "CoefficientChanged", "HospitalRegistered")
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    """A hospital's totals that do not reflect every event the store holds for them."""
+
+    key: Key
+    position: int | None  # the store position the row reflects; None: no row yet
+    latest: int  # the latest journal position of an event that can change the row
+    missed_since: datetime | None  # when the store accepted the first event the row misses
+
+    def as_json(self) -> dict[str, Any]:
+        return {"pool": self.key.pool, "year": self.key.year, "hospital_id": self.key.hospital_id,
+                "position": self.position, "latest": self.latest,
+                "missed_since": None if self.missed_since is None else self.missed_since.isoformat()}
+
+
+def lagging(engine: Engine, pool: str | None = None, year: int | None = None,
+            hospitals: set[str] | None = None) -> list[Lag]:
+    """Every (pool, year, hospital) with cases whose totals row misses an event that can change it.
+
+    Can change it (a superset of `recompute_keys`): every event naming one of its cases,
+    every policy version and pool-wide coefficient change of its pool, its own registrations
+    and coefficient changes. The row reflects positions <= `position`, so it lags when such
+    an event sits at a later journal position (or there is no row). One aggregate query.
+    """
+    c, e, k = index_table.alias("c"), index_table.alias("e"), index_table.alias("k")
+    rt = running_totals_table
+
+    def narrowed(q: Any, t: Any) -> Any:
+        q = q.where(t.c.event_type == "CaseSubmitted")
+        if pool is not None:
+            q = q.where(t.c.pool == pool)
+        if year is not None:
+            q = q.where(t.c.year == year)
+        if hospitals is not None:
+            q = q.where(t.c.hospital_id.in_(sorted(hospitals)))
+        return q
+
+    by_case = narrowed(select(c.c.pool, c.c.year, c.c.hospital_id, e.c.seq, e.c.ingested_at)
+                       .select_from(c.join(e, e.c.case_id == c.c.case_id))
+                       .where(e.c.event_type.in_(CASE_LEVEL)), c)
+    keys = narrowed(select(k.c.pool, k.c.year, k.c.hospital_id).distinct(), k).subquery("keys")
+    by_pool = (select(keys.c.pool, keys.c.year, keys.c.hospital_id, e.c.seq, e.c.ingested_at)
+               .select_from(keys.join(e, e.c.pool == keys.c.pool))
+               .where(e.c.event_type.in_(_WIDE_EVENTS),
+                      or_(e.c.hospital_id.is_(None), e.c.hospital_id == keys.c.hospital_id)))
+    r = union_all(by_case, by_pool).subquery("r")
+    joined = r.outerjoin(rt, and_(rt.c.pool == r.c.pool, rt.c.year == r.c.year, rt.c.hospital_id == r.c.hospital_id))
+    q = (select(r.c.pool, r.c.year, r.c.hospital_id, rt.c.position, func.max(r.c.seq), func.min(r.c.ingested_at))
+         .select_from(joined)
+         .where(or_(rt.c.position.is_(None), r.c.seq > rt.c.position))
+         .group_by(r.c.pool, r.c.year, r.c.hospital_id, rt.c.position)
+         .order_by(r.c.pool, r.c.year, r.c.hospital_id))
+    out = []
+    with engine.connect() as conn:
+        for p, y, h, position, latest, since in conn.execute(q):
+            if isinstance(since, str):
+                since = datetime.fromisoformat(since.replace("Z", "+00:00"))
+            out.append(Lag(Key(p, int(y), h), position, int(latest), since))
+    return out
+
+
+def lag_bound() -> timedelta:
+    value = os.environ.get(LAG_BOUND_ENV)
+    return timedelta(seconds=float(value)) if value else DEFAULT_LAG_BOUND
+
+
 # --------------------------------------------------------------------------- reconciliation
 
 
@@ -374,10 +453,12 @@ class Reconciliation:
     store_position: int
     hospitals: int
     differences: list[Difference]
+    lagging: list[Lag] = field(default_factory=list)  # beyond the bound (`lag_bound`)
+    bound: timedelta = DEFAULT_LAG_BOUND
 
     @property
     def ok(self) -> bool:
-        return not self.differences
+        return not self.differences and not self.lagging
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -387,6 +468,8 @@ class Reconciliation:
             "store_position": self.store_position,
             "hospitals": self.hospitals,
             "differences": [d.as_json(self.store_position) for d in self.differences],
+            "lagging": [lag.as_json() for lag in self.lagging],
+            "lag_bound_s": self.bound.total_seconds(),
             "ok": self.ok,
         }
 
@@ -396,13 +479,16 @@ def replay_totals(store: LedgerStore, pool: str, year: int, known_at: datetime) 
     return totals_by_hospital(settle(store.load(pool=pool, year=year, known_at=known_at), pool, year, known_at))
 
 
-def reconcile(store: LedgerStore, pool: str, year: int, known_at: datetime | None = None) -> Reconciliation:
+def reconcile(store: LedgerStore, pool: str, year: int, known_at: datetime | None = None,
+              bound: timedelta | None = None) -> Reconciliation:
     """Compares the mirrored running totals of `pool`/`year` with a full replay as known at `known_at`.
 
     A hospital without a row must replay to zero; a row in error differs even if its last
-    figures happen to match. Raises `PolicyMissing`/`ClearingError` when the replay itself
-    cannot be computed.
+    figures happen to match; a row that misses an event the store accepted more than `bound`
+    ago (default `lag_bound()`) lags, even if its figures happen to match. Raises
+    `PolicyMissing`/`ClearingError` when the replay itself cannot be computed.
     """
+    bound = bound if bound is not None else lag_bound()
     engine = store_engine(store)
     with engine.connect() as conn:
         head = store_position(conn)
@@ -417,4 +503,7 @@ def reconcile(store: LedgerStore, pool: str, year: int, known_at: datetime | Non
         error = row.error if row is not None else None
         if figures or error:
             diffs.append(Difference(hid, figures, row.position if row else None, error))
-    return Reconciliation(pool, year, known_at, head, len(set(replay) | set(rows)), diffs)
+    cutoff = datetime.now(UTC) - bound
+    late = [lag for lag in lagging(engine, pool, year)
+            if lag.missed_since is None or lag.missed_since < cutoff]
+    return Reconciliation(pool, year, known_at, head, len(set(replay) | set(rows)), diffs, late, bound)

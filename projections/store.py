@@ -200,6 +200,17 @@ dead_letters_table = Table(
     Index("ux_dead_letters_origin_raw", "origin", "raw_sha256", unique=True),
 )
 
+consumed_offsets_table = Table(
+    "consumed_offsets",
+    metadata,
+    Column("topic", String(249), primary_key=True),
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("offset", BigInteger, primary_key=True, autoincrement=False),
+    Column("fate", String(12), nullable=False, comment="accepted | duplicate | dead-letter | blank"),
+    comment="every consumed Kafka record the store has a fate for (projections/offsets.py); "
+            "accepted rows are derived from the journal entries' origin, with the index rows",
+)
+
 hospital_pools_table = Table(
     "hospital_pools",
     metadata,
@@ -484,7 +495,7 @@ class LedgerStore:
         report: IngestReport,
         backfill: Backfill | None,
     ) -> None:
-        accepted = self._screen_batch(parsed, refused, stamp, report, backfill)
+        accepted, duplicate_lines = self._screen_batch(parsed, refused, stamp, report, backfill, origin)
         accepted, moved = self._claim_pools(accepted)
         refused.extend(moved)
         # Dead letters first: a crash after them and before the journal write loses nothing.
@@ -500,9 +511,11 @@ class LedgerStore:
                 eid = e.event.event_id
                 if eid in stored and self._same_as_stored(eid, e.submitted_hash, stored[eid]):
                     report.duplicates += 1
+                    duplicate_lines.append(e.line)
                 else:
                     late.append((e.line, e.raw, _other_content(eid)))
             self._dead_letter(late, origin, stamp, report)
+        self.record_consumed([_origin(origin, line) for line in duplicate_lines], "duplicate")
         report.accepted += sum(1 for _, e in done if e.event.event_type != "HistoryBackfilled")
         if done:
             self.complete_derivations({nid: e.event for nid, e in done})
@@ -515,8 +528,10 @@ class LedgerStore:
         stamp: datetime,
         report: IngestReport,
         backfill: Backfill | None,
-    ) -> list[_Entry]:
-        """The acceptance rules of `ingest` for one batch, writing nothing: the entries to journal.
+        origin: str | None = None,
+    ) -> tuple[list[_Entry], list[int]]:
+        """The acceptance rules of `ingest` for one batch, writing nothing: the entries to
+        journal (each carrying its `origin` line, when given) and the lines found duplicate.
 
         Refusals are added to `refused`, duplicates counted in `report` (EVENTS.md "Envelope",
         "Order of arrival", "Transaction time, seals and backfill", "Limits on input"; RULES.md
@@ -529,6 +544,7 @@ class LedgerStore:
         case_years = self._case_years(parsed, seals)
         seen: dict[str, _Entry] = {}
         accepted: list[_Entry] = []
+        duplicate_lines: list[int] = []
         for line, raw, ev in parsed:
             try:
                 body, h = _canonical(ev)
@@ -541,6 +557,7 @@ class LedgerStore:
                     )
                     if same:
                         report.duplicates += 1
+                        duplicate_lines.append(line)
                     else:
                         refused.append((line, raw, _other_content(ev.event_id)))
                     continue
@@ -548,7 +565,8 @@ class LedgerStore:
                 if problem is not None:
                     refused.append((line, raw, problem))
                     continue
-                entry = _entry(ev, body, h, stamp, line=line, raw=raw)
+                entry = _entry(ev, body, h, stamp, line=line, raw=raw,
+                               origin=None if origin is None else _origin(origin, line))
                 _storable(_index_row(0, entry.event, entry.body, entry.submitted_hash, dict(registered)))
             except InvalidEvent as exc:
                 refused.append((line, raw, InvalidEvent(exc.field, exc.reason, ev.event_id)))
@@ -560,7 +578,7 @@ class LedgerStore:
             accepted.append(entry)
             if ev.event_type == "HospitalRegistered":
                 registered[ev.payload.hospital_id] = ev.payload.pool
-        return accepted
+        return accepted, duplicate_lines
 
     def screen(
         self,
@@ -601,7 +619,7 @@ class LedgerStore:
             if recorded_at is not None:
                 ev = ev.model_copy(update={"recorded_at": recorded_at})
             parsed.append((line, data, ev))
-        accepted = self._screen_batch(parsed, refused, stamp, report, load)
+        accepted, _ = self._screen_batch(parsed, refused, stamp, report, load)
         report.accepted = len(accepted)
         report.rejected.extend(Rejection(line, exc.event_id, exc.field, exc.reason) for line, _, exc in refused)
         report.rejected.sort(key=lambda r: r.line)
@@ -923,7 +941,17 @@ class LedgerStore:
             }
         with self._engine.begin() as conn:
             conn.execute(_insert_ignoring(conn, dead_letters_table, ["origin", "raw_sha256"]), list(rows.values()))
+            _consume(conn, [where for where, _ in rows], "dead-letter")
         report.rejected.extend(Rejection(line, exc.event_id, exc.field, exc.reason) for line, _, exc in refused)
+
+    def record_consumed(self, origins: Iterable[str], fate: str) -> None:
+        """Records the fate of consumed Kafka records that leave no journal entry or dead
+        letter (`duplicate`, `blank`); other origins are ignored, a fate already known kept.
+        Losing it in a crash is harmless: redelivery finds the same fate again."""
+        origins = list(origins)
+        if origins:
+            with self._engine.begin() as conn:
+                _consume(conn, origins, fate)
 
     def _stored_hashes(self, event_ids: Iterable[str]) -> dict[str, str]:
         """event_id -> submitted content hash, for those already indexed (chunked IN lookups)."""
@@ -959,6 +987,7 @@ class LedgerStore:
         """Empties the index and rebuilds it from the journal alone; returns its rows."""
         with self._engine.begin() as conn:
             conn.execute(delete(index_table))
+            conn.execute(delete(consumed_offsets_table).where(consumed_offsets_table.c.fate == "accepted"))
             conn.execute(update(tracking_table).where(tracking_table.c.name == _INDEX).values(notification_id=0))
         self._position = -1
         return self._sync([])
@@ -1083,17 +1112,17 @@ class LedgerStore:
                     self._position = position
             fresh = [(nid, e) for nid, e in fresh if nid > position]
             if fresh and fresh[0][0] == position + 1 and fresh[-1][0] == position + len(fresh):
-                batch = [(nid, e.event, e.body, e.submitted_hash) for nid, e in fresh]
+                batch = [(nid, e.event, e.body, e.submitted_hash, e.recorded.origin) for nid, e in fresh]
                 fresh = []
             else:
                 batch = [
-                    (nid, _parse_stored(r.event_type, r.envelope), r.envelope, r.content_hash)
+                    (nid, _parse_stored(r.event_type, r.envelope), r.envelope, r.content_hash, r.origin)
                     for nid, r in self._journal.read(position, _PAGE)
                 ]
                 if not batch:
                     return applied
             pools = dict(self._pools)
-            rows = [_index_row(nid, ev, body, h, pools) for nid, ev, body, h in batch]
+            rows = [_index_row(nid, ev, body, h, pools) for nid, ev, body, h, _ in batch]
             try:
                 with self._engine.begin() as conn:
                     moved = conn.execute(
@@ -1104,6 +1133,8 @@ class LedgerStore:
                     if moved != 1:
                         raise _IndexMoved
                     conn.execute(insert(index_table), rows)
+                    # The fate of each consumed record, with its entry's index row.
+                    _consume(conn, [o for *_, o in batch if o], "accepted")
             except _IndexMoved:
                 self._position = -1
                 continue
@@ -1388,7 +1419,8 @@ def _canonical(ev: Envelope) -> tuple[str, str]:
 
 
 def _entry(
-    ev: Envelope, body: str, submitted_hash: str, stamp: datetime, *, line: int = 0, raw: bytes = b""
+    ev: Envelope, body: str, submitted_hash: str, stamp: datetime, *, line: int = 0, raw: bytes = b"",
+    origin: str | None = None,
 ) -> _Entry:
     """The entry for an event as submitted (`body`, `submitted_hash`): recorded with
     `recorded_at` stamped when absent and `ingested_at` always (EVENTS.md "Envelope")."""
@@ -1398,7 +1430,7 @@ def _entry(
     ev = ingested(ev, stamp)
     body = canonical_json(ev)
     recorded = LedgerEntry.recorded(
-        event_id=ev.event_id, event_type=ev.event_type, envelope=body, content_hash=submitted_hash
+        event_id=ev.event_id, event_type=ev.event_type, envelope=body, content_hash=submitted_hash, origin=origin
     )
     return _Entry(ev, body, submitted_hash, recorded_hash, recorded, line, raw)
 
@@ -1454,6 +1486,28 @@ def _backfill_entry(backfill: Backfill, entries: list[_Entry], origin: str, stam
         },
     )
     return _entry(ev, *_canonical(ev), stamp)
+
+
+def kafka_origin(origin: str) -> tuple[str, int, int] | None:
+    """`kafka:<topic>/<partition>/<offset>` -> (topic, partition, offset); None for other origins."""
+    if not origin.startswith("kafka:"):
+        return None
+    topic, _, rest = origin[6:].rpartition("/")
+    topic, _, partition = topic.rpartition("/")
+    if not topic or not partition.isdigit() or not rest.isdigit():
+        return None
+    return topic, int(partition), int(rest)
+
+
+def _consume(conn: Connection, origins: Iterable[str], fate: str) -> None:
+    """`consumed_offsets` rows for the Kafka origins among `origins` (a fate already recorded stays)."""
+    rows = {}
+    for o in origins:
+        where = kafka_origin(o)
+        if where is not None:
+            rows[where] = {"topic": where[0], "partition": where[1], "offset": where[2], "fate": fate}
+    if rows:
+        conn.execute(_insert_ignoring(conn, consumed_offsets_table, ["topic", "partition", "offset"]), list(rows.values()))
 
 
 def _insert_ignoring(conn: Connection, table: Table, keys: list[str]) -> Any:

@@ -1,8 +1,8 @@
 """The Faust application of drg-ledger: settings that work against Tansu, topics, agents.
 
-`create_app(WorkerSettings(...))` builds a `faust.App` with two agents:
-`ingest_events` (streams/intake.py) and `recompute_totals` (streams/recompute.py), and
-the table `running-totals`. `run_worker(settings)` runs it in this process (the
+`create_app(WorkerSettings(...))` builds a `faust.App` with the events consumer (a task
+consuming the events topic with aiokafka, the store owning its offsets: streams/intake.py),
+the agent `recompute_totals` (streams/recompute.py) and the table `running-totals`. `run_worker(settings)` runs it in this process (the
 `drg-ledger worker` command). The settings are the ones measured against Tansu in
 KAFKA-AND-STORES.md: producer_max_batch_size=1 (Tansu's wrong end offsets would restore
 tables stale), short session/heartbeat/rebalance timeouts (Tansu's slow group join), no web
@@ -33,6 +33,7 @@ class WorkerSettings:
     data_dir: str | None = None  # Faust's datadir (RocksDB files); default ./drg-ledger-data
     partitions: int = PARTITIONS  # of the topics it creates; the table follows the recompute topic's actual count
     batch_size: int = 4000  # events per ingest batch (one store ingest per partition run of it)
+    instance_id: str | None = None  # static membership of the intake group (group.instance.id)
     batch_within_s: float = 0.5
     recompute_batch: int = 10_000  # recompute requests per batch (de-duplicated per hospital)
     recompute_within_s: float = 0.1
@@ -76,10 +77,9 @@ def create_app(settings: WorkerSettings) -> Any:
         return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
                          partitions=settings.partitions)
 
-    events = raw_topic(names.events)
     dead_letters = raw_topic(names.dead_letters)
     requests = raw_topic(names.recompute)
-    intake.install(app, settings, events, dead_letters, requests)
+    intake.install(app, settings, dead_letters, requests)
     recompute.install(app, settings, requests)
     return app
 

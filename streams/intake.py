@@ -1,15 +1,22 @@
-"""Agent `ingest_events`: Kafka messages of `drg-ledger.events` into the ledger.
+"""The intake: Kafka records of `drg-ledger.events` into the ledger, losing none.
 
-Per batch: append the messages to the store (idempotent on `event_id`, origin
-`kafka:topic/partition/offset`), forward each refused message to the dead-letter topic,
-and ask for the recomputation of every running total the batch can change
+Per batch: append the records to the store (idempotent on `event_id`, origin
+`kafka:topic/partition/offset`, so each record's fate is durable with the fate itself:
+projections/offsets.py), forward each refused record to the dead-letter topic, and ask for
+the recomputation of every running total the batch can change
 (`projections.running_totals.recompute_keys`), keyed by hospital on `drg-ledger.recompute`.
 
-The blocking half (`run_batch`) is plain Python on a `LedgerStore`; the agent only
-decodes, delegates to it on its own thread, sends what it returns and stops (STYLE.md 1).
-Offsets are committed only after the batch's sends are acknowledged, so a crash anywhere
-redelivers the batch: appends are idempotent, recomputation reads the store, and a
-message already refused is recognised by its origin and not refused twice.
+The events topic is consumed with aiokafka directly (`EventsConsumer`, a service of the
+Faust app), not by a Faust agent: Faust's consumer keeps its own offset bookkeeping and
+drops records it believes it has seen when a partition is sought back (faust-streaming/faust
+#216, #221, #606), which is exactly what re-reading a hole needs. The store owns the offsets:
+on every assignment each partition is sought to the store's mark + 1; every
+`audit_interval_s` the partitions are checked for holes (offsets handed over by the client
+but without a fate) and sought back to re-read them, and the running totals of the
+partitions' hospitals are brought up to the store's position. Kafka commits are advisory
+(lag monitoring only).
+
+The blocking half (`run_batch`) is plain Python on a `LedgerStore`, run on a thread of its own.
 """
 
 from __future__ import annotations
@@ -17,12 +24,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from aiokafka import ConsumerRebalanceListener
 from sqlalchemy import select
 
 from ledger.events import LEDGER_WRITTEN, InvalidEvent, parse_event
@@ -80,12 +89,15 @@ class IntakeResult:
     recompute: dict[Key, str] = field(default_factory=dict)  # key -> one event_id that caused it
 
 
-def run_batch(store: LedgerStore, messages: Sequence[Inbound]) -> IntakeResult:
+def run_batch(store: LedgerStore, messages: Sequence[Inbound],
+              reread: dict[tuple[str, int], tuple[int, int]] | None = None) -> IntakeResult:
     """Appends `messages` to the store; returns the refusals and the totals to recompute.
 
     1. Messages whose origin is already a dead letter were refused before a crash: they
        are forwarded again (the topic is at least once) but not stored again (the store
-       keeps one dead letter per origin).
+       keeps one dead letter per origin) — except inside `reread` ((topic, partition) ->
+       first, last offset re-read after a hole): those were judged without the records
+       of the hole (a case whose registration was lost), so they are judged again.
     2. The rest go to `LedgerStore.ingest`, one call per run of consecutive offsets of a
        partition, so each dead letter's origin is its exact offset.
     3. Every message that parses, duplicates included, names totals to recompute: a
@@ -111,10 +123,20 @@ def run_batch(store: LedgerStore, messages: Sequence[Inbound]) -> IntakeResult:
             ).all()
             for origin, fld, reason, event_id in rows:
                 i = by_origin[origin]
+                m = messages[i]
+                first, last = (reread or {}).get((m.topic, m.partition), (0, -1))
+                if first <= m.offset <= last:
+                    continue
                 if i not in skip:
                     skip.add(i)
                     result.refused.append(Refused(messages[i], fld, reason, event_id))
                     parsed.pop(i, None)
+    # Records with no line to store leave no entry and no dead letter: their fate is recorded
+    # here. A dead letter kept before the store recorded offsets gets its fate too.
+    blank = [i for i, m in enumerate(messages) if i not in skip and not m.value.strip()]
+    store.record_consumed([messages[i].origin for i in blank], "blank")
+    store.record_consumed([messages[i].origin for i in sorted(skip)], "dead-letter")
+    skip.update(blank)
 
     for run in _runs([(i, m) for i, m in enumerate(messages) if i not in skip]):
         first = run[0][1]
@@ -173,36 +195,275 @@ def request(key: Key, cause: str) -> bytes:
     ).encode("utf-8")
 
 
-def install(app: Any, settings: Any, events: Any, dead_letters: Any, recompute: Any) -> Any:
-    """Registers agent `ingest_events` on `app` (a faust.App); returns it."""
-    from projections.store import LedgerStore
+# --------------------------------------------------------------------------- the consumer
 
-    executor = ThreadPoolExecutor(1, thread_name_prefix="drg-intake")
-    holder: dict[str, LedgerStore] = {}
+AUDIT_INTERVAL_ENV = "DRG_LEDGER_AUDIT_INTERVAL_S"
+DEFAULT_AUDIT_INTERVAL_S = 10.0
+"""How often the worker checks its partitions for holes and its hospitals' totals for lag."""
 
-    def blocking(messages: list[Inbound]) -> IntakeResult:
-        # One store, used from this one thread only (LedgerStore is not thread-safe).
-        if "store" not in holder:
-            holder["store"] = LedgerStore.open(settings.database_url)
-        return run_batch(holder["store"], messages)
+FAULT_DROP_ENV = "DRG_LEDGER_FAULT_DROP"
+"""Fault injection for tests: `<partition>:<count>` makes the consumer silently lose `count`
+records of that partition once, after the first record of a batch, as a client library
+bug would (the client's position moves past them, nothing is stored, no error)."""
 
-    async def handle(batch: Sequence[Any]) -> None:
-        messages = [
-            Inbound(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value or b"")
-            for e in batch
-        ]
+
+class FaultDrop:
+    """`$DRG_LEDGER_FAULT_DROP`: loses records at the library boundary, once (tests only)."""
+
+    def __init__(self, spec: str | None) -> None:
+        self.partition: int | None = None
+        self.count = 0
+        if spec:
+            partition, _, count = spec.partition(":")
+            self.partition, self.count = int(partition), int(count or 1)
+
+    def apply(self, records: dict[Any, list[Any]]) -> None:
+        if self.partition is None:
+            return
+        for tp, recs in records.items():
+            if tp.partition == self.partition and len(recs) > self.count + 1:
+                lost = recs[1 : 1 + self.count]
+                del recs[1 : 1 + self.count]
+                log.warning("fault injection: dropped offsets %s/%d [%d,%d]", tp.topic, tp.partition,
+                            lost[0].offset, lost[-1].offset)
+                self.partition = None
+                return
+
+
+def hole_ranges(mark: Any, position: int) -> list[tuple[int, int]]:
+    """The offsets below `position` (the client's next offset) that have no fate in the store."""
+    out = [(a, b) for a, b in mark.holes if a < position]
+    out = [(a, min(b, position - 1)) for a, b in out]
+    if position - 1 > mark.highest:
+        out.append((mark.highest + 1, position - 1))
+    return out
+
+
+class EventsConsumer:
+    """Consumes the events topic with aiokafka; the store decides where each partition resumes."""
+
+    def __init__(self, app: Any, settings: Any, dead_letters: Any, recompute: Any) -> None:
+        from streams.topics import TopicNames
+
+        self.app = app
+        self.settings = settings
+        self.topic = TopicNames(settings.topic_prefix).events
+        self.group = f"{settings.topic_prefix}.intake"
+        self.dead_letters = dead_letters
+        self.recompute = recompute
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="drg-intake")
+        self.holder: dict[str, LedgerStore] = {}
+        self.assigned: set[Any] = set()
+        self.consumer: Any = None
+        self.interval = float(os.environ.get(AUDIT_INTERVAL_ENV) or DEFAULT_AUDIT_INTERVAL_S)
+        self.fault = FaultDrop(os.environ.get(FAULT_DROP_ENV))
+        self._check_due = time.monotonic() + self.interval
+        self._converge_now = False
+        self._resume: set[Any] = set()
+        self._seeks: dict[Any, int] = {}  # per partition, how many times it was sought
+        self._sought: dict[Any, int] = {}  # per partition, the offset it was last sought to
+        self._ready: set[Any] = set()  # assigned partitions already sought from the store's mark
+        self._reread: dict[tuple[str, int], tuple[int, int]] = {}  # offsets re-read after a hole
+
+    # -- blocking work, on the intake thread (LedgerStore is one per thread)
+
+    def _store(self) -> LedgerStore:
+        from projections.store import LedgerStore
+
+        if "store" not in self.holder:
+            self.holder["store"] = LedgerStore.open(self.settings.database_url)
+        return self.holder["store"]
+
+    async def _blocking(self, fn: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, fn, *args)
+
+    def _marks(self, starts: dict[tuple[str, int], int]) -> dict[tuple[str, int], Any]:
+        from projections.offsets import marks
+
+        return marks(self._store(), self.topic, starts)
+
+    def _lagging(self, partitions: set[int], count: int) -> list[Key]:
+        from projections.running_totals import create_tables, lagging
+        from streams.topics import partition_of
+
+        engine = store_engine(self._store())
+        create_tables(engine)
+        return [lag.key for lag in lagging(engine)
+                if partition_of(lag.key.hospital_id.encode("utf-8"), count) in partitions]
+
+    # -- the loop
+
+    async def run(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        conf = self.app.conf
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers, group_id=self.group,
+            group_instance_id=self.settings.instance_id, client_id=f"{self.group}-consumer",
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=int(conf.broker_session_timeout * 1000),
+            heartbeat_interval_ms=int(conf.broker_heartbeat_interval * 1000),
+            rebalance_timeout_ms=int(conf.broker_rebalance_timeout * 1000),
+            max_poll_records=self.settings.batch_size,
+        )
+        self.consumer.subscribe([self.topic], listener=_Listener(self))
+        await retrying(self.consumer.start, "start the events consumer")
+        log.info("consuming %s in group %s%s", self.topic, self.group,
+                 f" as static member {self.settings.instance_id}" if self.settings.instance_id else "")
+        try:
+            while True:
+                await self._resume_assigned()
+                before = dict(self._seeks)
+                got = await self.consumer.getmany(timeout_ms=int(self.settings.batch_within_s * 1000),
+                                                  max_records=self.settings.batch_size)
+                # Records fetched before a seek made while we waited (an assignment) come again
+                # from the sought offset: processing them now would only duplicate work.
+                # Records of a partition not sought from the store yet (aiokafka fetches from the
+                # group's offset before the assignment callback has run) come again likewise.
+                kept = {}
+                for tp, recs in got.items():
+                    if tp in self._ready and self._seeks.get(tp, 0) == before.get(tp, 0):
+                        kept[tp] = recs
+                    elif tp in self._ready and tp in self.assigned:
+                        # aiokafka moved its position past the records it handed over, the
+                        # seek notwithstanding: seek again, or they would become a hole.
+                        self.consumer.seek(tp, self._sought[tp])
+                got = kept
+                self.fault.apply(got)
+                batch = [r for recs in got.values() for r in recs]
+                if batch:
+                    await self.handle(batch)
+                    await self._commit(got)
+                if self._converge_now:
+                    self._converge_now = False
+                    await retrying(self.converge, "bring the running totals up to the store")
+                if time.monotonic() >= self._check_due:
+                    self._check_due = time.monotonic() + self.interval
+                    await retrying(self.check, "audit offsets and totals")
+        finally:
+            await self.consumer.stop()
+            self.executor.shutdown(wait=False)
+
+    async def _resume_assigned(self) -> None:
+        """Seeks newly assigned partitions to the store's mark + 1 (the group's commit is advisory)."""
+        if not self._resume:
+            return
+        tps, self._resume = sorted(self._resume & self.assigned), set()
+        if not tps:
+            return
+        starts = await self._starts(tps)
+        found = await retrying(lambda: self._blocking(self._marks, {(tp.topic, tp.partition): starts[tp] for tp in tps}),
+                               "read the store's offsets")
+        committed = await self._committed(tps)
+        for tp in tps:
+            m = found[(tp.topic, tp.partition)]
+            # Never past the store's mark. Before it when the group's commit is lower: the
+            # commit follows the broker's acknowledgement of a batch's dead letters and
+            # recompute requests, so the records after it may have been processed without
+            # those sends (a kill in between); reading them again sends them (idempotent).
+            at = max(min(m.mark + 1, committed.get(tp, starts[tp])), starts[tp])
+            self._seek(tp, at)
+            self._ready.add(tp)
+            if m.holes:
+                self._reread[(tp.topic, tp.partition)] = (at, m.highest)
+            log.info("partition %s/%d assigned: resuming at offset %d (store mark %d, group commit %s%s)", tp.topic,
+                     tp.partition, at, m.mark, committed.get(tp), f", holes {list(m.holes)}" if m.holes else "")
+        # The seek re-reads every hole; the totals of these partitions' hospitals converge now.
+        self._converge_now = True
+        self._check_due = time.monotonic() + self.interval
+
+    async def _committed(self, tps: list[Any]) -> dict[Any, int]:
+        """The group's committed offset of each partition that has one."""
+        out = {}
+        for tp in tps:
+            try:
+                offset = await asyncio.wait_for(self.consumer.committed(tp), 10)
+            except Exception:  # noqa: BLE001 - unknown: resume from the log start (idempotent)
+                log.warning("could not read the committed offset of %s; re-reading from the log start", tp)
+                continue
+            if offset is not None and offset >= 0:
+                out[tp] = int(offset)
+        return out
+
+    def _seek(self, tp: Any, offset: int) -> None:
+        self.consumer.seek(tp, offset)
+        self._seeks[tp] = self._seeks.get(tp, 0) + 1
+        self._sought[tp] = offset
+
+    async def _starts(self, tps: list[Any]) -> dict[Any, int]:
+        try:
+            found = await self.consumer.beginning_offsets(tps)
+            return {tp: int(found.get(tp, 0)) for tp in tps}
+        except Exception:  # noqa: BLE001 - the log start is 0 unless the broker deleted records
+            log.warning("could not read the log start of %s; counting from 0", tps, exc_info=True)
+            return dict.fromkeys(tps, 0)
+
+    async def check(self) -> None:
+        """Re-reads every hole of the assigned partitions; asks for the totals that lag."""
+        tps = sorted(self.assigned)
+        if not tps:
+            return
+        starts = await self._starts(tps)
+        found = await self._blocking(self._marks, {(tp.topic, tp.partition): starts[tp] for tp in tps})
+        for tp in tps:
+            try:
+                position = await asyncio.wait_for(self.consumer.position(tp), 5)
+            except Exception:  # noqa: BLE001 - no longer ours (a rebalance) or no position yet
+                continue
+            m = found[(tp.topic, tp.partition)]
+            holes = hole_ranges(m, position)
+            if holes:
+                at = max(m.mark + 1, starts[tp])
+                log.warning("partition %s/%d: offsets %s were handed over but have no fate in the store: "
+                            "re-reading from %d", tp.topic, tp.partition, holes, at)
+                self._seek(tp, at)
+                self._reread[(tp.topic, tp.partition)] = (at, max(position - 1, m.highest))
+        await self.converge()
+
+    async def converge(self) -> None:
+        """Asks for the recomputation of every running total of the assigned partitions'
+        hospitals that misses an event the store holds (`projections.running_totals.lagging`)."""
+        tps = sorted(self.assigned)
+        if not tps:
+            return
+        count = len(self.consumer.partitions_for_topic(self.topic) or ()) or self.settings.partitions
+        keys = await self._blocking(self._lagging, {tp.partition for tp in tps}, count)
+        if keys:
+            log.info("%d running totals lag the store: requesting their recomputation", len(keys))
+            futures = [await self.recompute.send(key=k.hospital_id.encode("utf-8"), value=request(k, "convergence"))
+                       for k in keys]
+            await asyncio.gather(*futures)
+
+    async def _commit(self, got: dict[Any, list[Any]]) -> None:
+        """Advisory: the group's offsets show the lag; the worker resumes from the store."""
+        offsets = {tp: recs[-1].offset + 1 for tp, recs in got.items() if recs and tp in self.assigned}
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except Exception as exc:  # noqa: BLE001 - a rebalance in progress; the next batch commits
+            log.debug("advisory commit skipped: %s", exc)
+
+    async def handle(self, records: Sequence[Any]) -> None:
+        messages = [Inbound(r.topic, r.partition, r.offset, r.key, r.value or b"") for r in records]
         started = time.perf_counter()
-        result = await retrying(lambda: loop.run_in_executor(executor, blocking, messages), "ingest")
+        reread = dict(self._reread)
+        result = await retrying(lambda: self._blocking(lambda: run_batch(self._store(), messages, reread)), "ingest")
+        for m in messages:  # past the re-read range: judged as usual again
+            tp = (m.topic, m.partition)
+            if tp in self._reread and m.offset >= self._reread[tp][1]:
+                del self._reread[tp]
         stored = time.perf_counter()
 
         async def send_all() -> None:
             futures = []
             for r in result.refused:
-                futures.append(await dead_letters.send(key=r.message.key, value=r.message.value, headers=r.headers()))
+                futures.append(await self.dead_letters.send(key=r.message.key, value=r.message.value,
+                                                            headers=r.headers()))
             for key, cause in result.recompute.items():
-                futures.append(await recompute.send(key=key.hospital_id.encode("utf-8"), value=request(key, cause)))
-            # The broker's acknowledgements, before the batch is acked (its offsets committed).
+                futures.append(await self.recompute.send(key=key.hospital_id.encode("utf-8"),
+                                                         value=request(key, cause)))
             await asyncio.gather(*futures)
 
         # Retried whole: a resend duplicates messages, which both topics tolerate (at least once).
@@ -211,10 +472,30 @@ def install(app: Any, settings: Any, events: Any, dead_letters: Any, recompute: 
                  result.accepted, result.duplicates, len(result.refused), len(result.recompute),
                  (stored - started) * 1000, (time.perf_counter() - stored) * 1000)
 
-    @app.agent(events, name="ingest_events")
-    async def ingest_events(stream: Any) -> None:
-        async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            await handle(batch)
 
-    return ingest_events
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """aiokafka's rebalance callbacks: remember what is ours; seek it from the store before fetching."""
 
+    def __init__(self, owner: EventsConsumer) -> None:
+        self.owner = owner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.owner.assigned -= set(revoked)
+        self.owner._ready -= set(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.owner.assigned = set(assigned)
+        self.owner._resume |= set(assigned)
+        # Seek before the first fetch of the new assignment: getmany fetches only after this returns.
+        await self.owner._resume_assigned()
+
+
+def install(app: Any, settings: Any, dead_letters: Any, recompute: Any) -> EventsConsumer:
+    """Registers the events consumer as a task of `app` (a faust.App); returns it."""
+    consumer = EventsConsumer(app, settings, dead_letters, recompute)
+
+    @app.task
+    async def consume_events() -> None:
+        await consumer.run()
+
+    return consumer

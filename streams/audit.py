@@ -1,0 +1,141 @@
+"""`drg-ledger stream-audit`: per partition, the broker's offsets against what the store processed.
+
+The store side is `projections.offsets.marks` (every consumed record's fate, by offset).
+The broker side is each partition's log start and log end. The log end is *read*, never
+taken from `end_offsets()` alone: Tansu answers ListOffsets LATEST with the first offset of
+the last batch + 1 when that batch holds several records (KAFKA-AND-STORES.md), so the
+audit seeks to that answer minus one and consumes until the partition is exhausted; the
+last offset it sees + 1 is the end. Against a correct broker this reads one record.
+
+A **hole** is an offset from the log start up to the highest processed one that has no
+fate: something consumed was lost. The **lag** is what follows the highest processed
+offset up to the log end: not processed yet. The audit fails on holes only.
+
+An ingest in flight can show a passing hole: the store writes a batch's dead letters before
+its journal entries (a crash in between loses nothing), so for a moment a refused record's
+offset has its fate and the accepted ones before it not yet. A hole therefore counts only
+when it is missing in two looks `settle_s` apart (default 5 s; more than a batch takes).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from projections.offsets import PartitionMark, marks
+
+if TYPE_CHECKING:
+    from projections.store import LedgerStore
+
+
+@dataclass(frozen=True)
+class PartitionAudit:
+    """One partition: the broker's log (start, end; None without a broker) and the store's mark."""
+
+    mark: PartitionMark
+    log_end: int | None  # the offset the next record will get; None: broker not asked
+
+    @property
+    def lag(self) -> int | None:
+        return None if self.log_end is None else max(self.log_end - 1 - self.mark.highest, 0)
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.mark.as_json(), "log_end": self.log_end, "lag": self.lag,
+                "missing_offsets": self.mark.missing_offsets()}
+
+
+@dataclass(frozen=True)
+class StreamAudit:
+    """Every partition of the topics audited; ok when no hole remains."""
+
+    partitions: list[PartitionAudit]
+    broker: str | None
+
+    @property
+    def holes(self) -> int:
+        return sum(p.mark.missing for p in self.partitions)
+
+    @property
+    def lag(self) -> int | None:
+        lags = [p.lag for p in self.partitions]
+        return None if any(x is None for x in lags) else sum(x for x in lags if x is not None)
+
+    @property
+    def ok(self) -> bool:
+        return self.holes == 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "broker": self.broker, "holes": self.holes, "lag": self.lag,
+                "partitions": [p.as_json() for p in self.partitions]}
+
+
+def log_offsets(bootstrap_servers: str, topic: str, timeout_s: float = 30.0) -> dict[int, tuple[int, int]]:
+    """partition -> (log start, log end) of `topic`, the end read by consuming (module docstring)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
+                             auto_offset_reset="earliest", consumer_timeout_ms=1000)
+    try:
+        partitions = sorted(consumer.partitions_for_topic(topic) or [])
+        tps = [TopicPartition(topic, p) for p in partitions]
+        if not tps:
+            return {}
+        starts = consumer.beginning_offsets(tps)
+        reported = consumer.end_offsets(tps)
+        consumer.assign(tps)
+        ends = {tp: int(reported[tp]) for tp in tps}
+        for tp in tps:
+            consumer.seek(tp, max(int(reported[tp]) - 1, int(starts[tp])))
+        deadline = time.monotonic() + timeout_s
+        idle = 0
+        while time.monotonic() < deadline and idle < 2:
+            got = consumer.poll(timeout_ms=500, max_records=10_000)
+            if not got:
+                idle += 1
+                continue
+            idle = 0
+            for tp, recs in got.items():
+                ends[tp] = max(ends[tp], recs[-1].offset + 1)
+        return {tp.partition: (int(starts[tp]), ends[tp]) for tp in tps}
+    finally:
+        consumer.close()
+
+
+SETTLE_S = 5.0
+
+
+def intersect(a: tuple[tuple[int, int], ...], b: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+    """The offsets in both lists of inclusive ranges, as ranges."""
+    out, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if lo <= hi:
+            out.append((lo, hi))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return tuple(out)
+
+
+def audit(store: LedgerStore, topic: str, bootstrap_servers: str | None = None,
+          settle_s: float = SETTLE_S) -> StreamAudit:
+    """The store's marks of `topic`, against the broker's log when `bootstrap_servers` is given;
+    a hole counts when it is still there `settle_s` later (module docstring)."""
+    logs = log_offsets(bootstrap_servers, topic) if bootstrap_servers else {}
+    starts = {(topic, p): start for p, (start, _) in logs.items()}
+    found = marks(store, topic, starts)
+    if settle_s > 0 and any(m.holes for m in found.values()):
+        time.sleep(settle_s)
+        again = marks(store, topic, starts)
+        found = {tp: replace(m, holes=intersect(found[tp].holes, m.holes)) if tp in found else m
+                 for tp, m in again.items()}
+    out = []
+    for (_, partition), m in found.items():
+        end = logs[partition][1] if partition in logs else None
+        out.append(PartitionAudit(m, end))
+    return StreamAudit(out, bootstrap_servers)

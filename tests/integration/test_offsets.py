@@ -1,0 +1,156 @@
+"""The store owns the consumed offsets (projections/offsets.py), on SQLite and PostgreSQL.
+
+Given Kafka records ingested with their origins, when some are accepted, some duplicates,
+some refused and some never seen, then each partition's mark is the highest contiguous
+offset with a fate and its holes are exactly the offsets never seen.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import delete, select
+
+from ledger.journal import Journal, LedgerEntry
+from projections.offsets import marks
+from projections.store import LedgerStore, consumed_offsets_table, journal_env, kafka_origin
+from tests.factories import DEFAULT_BODIES, case, hospital, lines, policy
+
+TOPIC = "drg-test.events"
+WIDE = timedelta(days=36500)  # the factories' events are 2020 history
+
+
+def ingest_at(store: LedgerStore, partition: int, first: int, raws: list[bytes]) -> None:
+    """As the worker does: one call per run of consecutive offsets of a partition."""
+    store.ingest(raws, origin=f"kafka:{TOPIC}/{partition}/", first_line=first, batch_size=len(raws))
+
+
+def test_kafka_origin_parses_topic_partition_offset() -> None:
+    assert kafka_origin("kafka:drg-ledger.events/3/1228") == ("drg-ledger.events", 3, 1228)
+    assert kafka_origin("kafka:a.b-c_d/0/0") == ("a.b-c_d", 0, 0)
+    assert kafka_origin("file:events.jsonl:7") is None
+    assert kafka_origin("kafka:nopartition/12") is None
+
+
+def test_every_fate_counts_and_holes_are_the_offsets_never_seen(database_url: str) -> None:
+    with LedgerStore(database_url, late_window=WIDE) as store:
+        # Partition 0: offsets 0..4 registration, policy, two cases, a duplicate of the first case.
+        p0 = lines(hospital("H001"), policy("drg_table"), case("C1"), case("C2"), case("C1"))
+        ingest_at(store, 0, 0, p0)
+        # Offsets 5, 6 never handed over by the consumer; 7 refused (not JSON), 8 a case, 9 blank-ish.
+        ingest_at(store, 0, 7, [b"{not json", *lines(case("C3"))])
+        store.record_consumed([f"kafka:{TOPIC}/0/9"], "blank")
+        # Partition 1: the consumer started at 0 but the first record it gave was 3.
+        ingest_at(store, 1, 3, lines(hospital("H002"), case("C9", hospital_id="H002")))
+
+        found = marks(store, TOPIC)
+        p0m, p1m = found[(TOPIC, 0)], found[(TOPIC, 1)]
+        assert (p0m.mark, p0m.highest, p0m.processed, p0m.holes) == (4, 9, 8, ((5, 6),))
+        assert p0m.missing_offsets() == [5, 6]
+        assert (p1m.mark, p1m.highest, p1m.holes) == (-1, 4, ((0, 2),))
+
+        with store.engine.connect() as conn:
+            fates = dict(conn.execute(select(consumed_offsets_table.c.offset, consumed_offsets_table.c.fate)
+                                      .where(consumed_offsets_table.c.partition == 0)).all())
+        assert fates == {0: "accepted", 1: "accepted", 2: "accepted", 3: "accepted", 4: "duplicate",
+                         7: "dead-letter", 8: "accepted", 9: "blank"}
+
+        # The hole re-read: redelivered offsets 5..9 (5, 6 new cases; 7..9 again) close it.
+        ingest_at(store, 0, 5, [*lines(case("C4"), case("C5")), b"{not json", *lines(case("C3")), b"  "])
+        store.record_consumed([f"kafka:{TOPIC}/0/9"], "blank")
+        again = marks(store, TOPIC)[(TOPIC, 0)]
+        assert (again.mark, again.holes, again.processed) == (9, (), 10)
+        assert len(store.dead_letters()) == 1, "a redelivered refusal is kept once"
+
+        # A broker whose log starts at 2 on partition 1 (older records deleted): no hole below it.
+        trimmed = marks(store, TOPIC, starts={(TOPIC, 1): 3, (TOPIC, 2): 0})
+        assert (trimmed[(TOPIC, 1)].mark, trimmed[(TOPIC, 1)].holes) == (4, ())
+        assert (trimmed[(TOPIC, 2)].mark, trimmed[(TOPIC, 2)].processed) == (-1, 0)
+
+
+def test_accepted_offsets_are_rebuilt_from_the_journal(database_url: str) -> None:
+    with LedgerStore(database_url, late_window=WIDE) as store:
+        ingest_at(store, 2, 10, lines(hospital("H001"), policy("drg_table"), case("C1")))
+        before = marks(store, TOPIC)
+        entry = store.journal.entry("his-H001-C1-r1")
+        assert entry is not None and entry.origin == f"kafka:{TOPIC}/2/12"
+        with store.engine.begin() as conn:
+            conn.execute(delete(consumed_offsets_table))
+        store.rebuild_index()
+        assert marks(store, TOPIC) == before
+        # A file ingest leaves no Kafka offsets, but its entries carry their origin too.
+        store.ingest(lines(case("C2")), origin="file:more.jsonl")
+        assert store.journal.entry("his-H001-C2-r1").origin == "file:more.jsonl:1"
+        assert marks(store, TOPIC) == before
+
+
+def test_entries_journalled_before_origins_existed_still_decode(database_url: str) -> None:
+    if not database_url.startswith("sqlite"):
+        pytest.skip("one backend is enough: the decoding is the library's")
+    with LedgerStore(database_url, late_window=WIDE) as store:
+        env = journal_env(database_url)
+    journal = Journal(env=env)
+    old = LedgerEntry.recorded(event_id="old-1", event_type="BudgetSet", envelope=json.dumps({}), content_hash="x")
+    old.__dict__.pop("origin", None)  # as the code before this change stored it
+    journal.append([old])
+    (_, decoded), = journal.read()
+    assert decoded.origin is None and decoded.event_id == "old-1"
+    journal.close()
+
+
+def test_totals_that_miss_an_event_lag_and_reconcile_fails_beyond_the_bound(database_url: str) -> None:
+    from projections.running_totals import Key, create_tables, lagging, recompute, reconcile, upsert
+    from tests.factories import verdict, withdrawal
+
+    with LedgerStore(database_url, late_window=WIDE) as store:
+        store.ingest(lines(hospital("H001"), hospital("H002"), *[policy(c) for c in DEFAULT_BODIES],
+                           case("C1"), case("C9", hospital_id="H002")), origin="file:t.jsonl")
+        engine = store.engine
+        create_tables(engine)
+        h1, h2 = Key("panzhihua", 2020, "H001"), Key("panzhihua", 2020, "H002")
+        # No rows yet: both hospitals with cases lag.
+        assert [(lag.key, lag.position) for lag in lagging(engine)] == [(h1, None), (h2, None)]
+        upsert(engine, [recompute(store, h1), recompute(store, h2)])
+        assert lagging(engine) == []
+
+        # An upheld verdict on C9 changes no figure, but H002's row has not seen it.
+        store.ingest(lines(verdict("C9")), origin="file:t2.jsonl")
+        (lag,) = lagging(engine)
+        seq = store.position
+        assert (lag.key, lag.latest) == (h2, seq) and lag.position < seq and lag.missed_since is not None
+        assert lagging(engine, hospitals={"H001"}) == []
+        late = reconcile(store, "panzhihua", 2020, bound=timedelta(0))
+        assert late.differences == [] and [x.key for x in late.lagging] == [h2] and not late.ok
+        assert reconcile(store, "panzhihua", 2020, bound=timedelta(hours=1)).ok, "within the bound"
+
+        # A withdrawal changes H001's figures: it lags (and differs) until recomputed.
+        store.ingest(lines(withdrawal("C1")), origin="file:t3.jsonl")
+        assert {x.key for x in lagging(engine)} == {h1, h2}
+        upsert(engine, [recompute(store, h1), recompute(store, h2)])
+        assert lagging(engine) == [] and reconcile(store, "panzhihua", 2020, bound=timedelta(0)).ok
+
+
+def test_stream_audit_command_names_the_holes_and_exits_1(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from drg_ledger.cli import app
+
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    with LedgerStore(database_url, late_window=WIDE) as store:
+        ingest_at(store, 0, 0, lines(hospital("H001"), policy("drg_table")))
+        ingest_at(store, 0, 5, lines(case("C1")))
+    runner = CliRunner()
+    args = ["stream-audit", "--topic-prefix", "drg-test", "--settle", "0", "--database-url", database_url]
+    table = runner.invoke(app, args)
+    assert table.exit_code == 1, table.output
+    assert "2-4" in table.output and "3 offsets were never processed" in table.output
+    as_json = runner.invoke(app, [*args, "--json"])
+    assert as_json.exit_code == 1
+    (p0,) = json.loads(as_json.output)["partitions"]
+    assert (p0["mark"], p0["missing_offsets"], p0["lag"]) == (1, [2, 3, 4], None)
+    with LedgerStore(database_url, late_window=WIDE) as store:
+        ingest_at(store, 0, 2, lines(case("C2"), case("C3"), case("C4")))
+    done = runner.invoke(app, args)
+    assert done.exit_code == 0 and "no hole" in done.output

@@ -56,9 +56,13 @@ def parse_day(text: str, option: str) -> date:
 
 
 def open_store(database_url: str | None) -> Any:
+    from projections.chain import BrokenEntry
     from projections.store import LedgerStore
 
-    return LedgerStore.open(database_url)
+    try:
+        return LedgerStore.open(database_url)
+    except BrokenEntry as exc:
+        fail(EXIT_REJECTED, f"{exc}; nothing derived is built from it (run `drg-ledger verify`)")
 
 
 def emit(data: Any) -> None:
@@ -130,6 +134,7 @@ def clear(
     as_json: bool = JsonOut,
 ) -> None:
     """Year-end clearing of a pool and year (RULES.md 5), read-only unless --record."""
+    from projections.chain import BrokenEntry
     from projections.queries import clear_pool
 
     if warm and (cold or known_at is not None or record):
@@ -141,11 +146,12 @@ def clear(
 
                 result = warm_clearing(store, pool, year, refresh_if_stale=refresh)
             else:
-                result = clear_pool(store, pool, year, parse_moment(known_at), record=record, cold=cold)
-        except (ClearingError, PolicyMissing) as exc:
+                result = clear_pool(store, pool, year, parse_moment(known_at), cold=cold)
+                log_digest = recorded_log_digest(store, result) if record else None
+        except (ClearingError, PolicyMissing, BrokenEntry) as exc:
             fail(EXIT_CANNOT_COMPUTE, str(exc))
     if as_json:
-        emit(result.as_json())
+        emit(result.as_json() | ({"log_digest": log_digest} if record else {}))
         return
     table = Table("hospital", "settled", "deducted", "net points", "personal paid", "fund due", "prepaid",
                   "clearing amount", title=f"{pool} {year} clearing, as known at {result.known_at.isoformat()}")
@@ -158,6 +164,9 @@ def clear(
                   f"budget {result.budget:,}" + (" — recorded as ClearingCompleted" if record else ""))
     if result.basis is not None:
         console.print(result.basis.text())
+    if record:
+        console.print(f"log digest [bold]{log_digest}[/bold]: `drg-ledger verify --digest {log_digest}` proves "
+                      "the journal this clearing was computed from unchanged")
 
 
 def _signed(x: Any) -> str:
@@ -204,6 +213,9 @@ def balance(
     console.print(table)
     if result.basis is not None:
         console.print(result.basis.text())
+    if record:
+        console.print(f"log digest [bold]{log_digest}[/bold]: `drg-ledger verify --digest {log_digest}` proves "
+                      "the journal this clearing was computed from unchanged")
 
 
 @app.command()
@@ -281,8 +293,13 @@ def doctor(
 @app.command()
 def rebuild(database_url: Optional[str] = DatabaseUrl, as_json: bool = JsonOut) -> None:
     """Rebuild everything derived from the journal alone: the index, the pool claims, the penalties."""
+    from projections.chain import BrokenEntry
+
     with open_store(database_url) as store:
-        done = store.rebuild()
+        try:
+            done = store.rebuild()
+        except BrokenEntry as exc:
+            fail(EXIT_REJECTED, f"rebuild refused: {exc}; the index is left as it was (run `drg-ledger verify`)")
     if as_json:
         emit(done)
     else:
@@ -291,6 +308,80 @@ def rebuild(database_url: Optional[str] = DatabaseUrl, as_json: bool = JsonOut) 
 
 
 app.command("rebuild-projections", hidden=True, help="Old name of `rebuild`.")(rebuild)
+
+
+# --------------------------------------------------------------------------- trust (issue 12)
+
+
+def recorded_log_digest(store: Any, result: Any) -> str | None:
+    """Records `result` as a ClearingCompleted; returns the log digest the recorded event carries."""
+    from projections.queries import record_clearing, recorded_digest
+
+    event_id, _ = record_clearing(store, result)
+    return recorded_digest(store, event_id)
+
+
+@app.command()
+def verify(
+    digest: Optional[str] = typer.Option(None, "--digest", help="POSITION:HASH taken earlier (`drg-ledger digest`, "
+                                         "a clearing's log digest): prove the journal up to it unchanged."),
+    skip_totals: bool = typer.Option(False, "--skip-totals", help="Do not replay the running totals' pool-years."),
+    database_url: Optional[str] = DatabaseUrl,
+    as_json: bool = JsonOut,
+) -> None:
+    """Re-walk the journal, recompute every hash, check the chain and every derived table against it.
+
+    Exit 1 naming the first broken link (position, event_id, what differs)."""
+    from projections.store import LedgerStore
+    from projections.verify import BadDigest, parse_digest
+    from projections.verify import verify as run
+
+    if digest is not None:
+        try:
+            parse_digest(digest)
+        except BadDigest as exc:
+            raise typer.BadParameter(str(exc), param_hint="--digest") from None
+    with LedgerStore.open(database_url, heal=False) as store, progress(transient=True) as bar:
+        task = bar.add_task("verify", total=store.journal.head() or None)
+        result = run(store, digest=digest, totals=not skip_totals,
+                     on_progress=lambda n, head: bar.update(task, completed=n, total=head))
+    if as_json:
+        emit(result.as_json())
+    else:
+        table = Table("check", "items", title="drg-ledger verify")
+        for name, n in result.checked.items():
+            table.add_row(name, f"{n:,}")
+        console.print(table)
+        rate = f"{result.entries / result.seconds:,.0f} entries/s" if result.seconds else ""
+        if result.ok:
+            console.print(f"[green]verified[/green]: {result.entries:,} entries, head digest "
+                          f"[bold]{result.head_digest}[/bold]" + (f", digest {digest} holds" if digest else "")
+                          + f" ({result.seconds:.1f} s, {rate})")
+        else:
+            problems = Table("check", "position", "event_id", "what differs", title="[red]broken[/red]")
+            for f in result.findings:
+                problems.add_row(f.check, "" if f.position is None else str(f.position), f.event_id or "", f.detail)
+            console.print(problems)
+            first = result.first
+            assert first is not None
+            err.print(f"[red]first broken link:[/red] position {first.position}, event {first.event_id}: {first.detail}"
+                      + (f" (and {result.more_findings} more findings)" if result.more_findings else ""))
+    if not result.ok:
+        raise typer.Exit(EXIT_REJECTED)
+
+
+@app.command()
+def digest(database_url: Optional[str] = DatabaseUrl, as_json: bool = JsonOut) -> None:
+    """Print POSITION:HASH of the journal head; keep it outside the database, check it with `verify --digest`."""
+    from projections.store import LedgerStore
+    from projections.verify import head_digest
+
+    with LedgerStore.open(database_url, heal=False) as store:
+        value = head_digest(store)
+    if as_json:
+        emit({"digest": value, "position": int(value.split(":", 1)[0])})
+    else:
+        print(value)
 
 
 @app.command()

@@ -438,6 +438,8 @@ class ClearingCompleted(_Model):
     total_points: Decimal | None = None
     budget: Decimal | None = None
     results: list[ClearingResult]
+    log_digest: str | None = Field(default=None, pattern=r"^[0-9]{1,19}:[0-9a-f]{64}$")
+    """`position:chain_hash` of the journal prefix the clearing read (README "Trust")."""
 
 
 # --------------------------------------------------------------------------- envelope

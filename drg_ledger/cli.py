@@ -371,6 +371,37 @@ def verify(
 
 
 @app.command()
+def migrate(
+    owner_url: str = typer.Option(..., "--owner-url", envvar="DRG_LEDGER_OWNER_URL",
+                                  help="The schema owner's URL (migrations only; never the application's)."),
+    app_role: Optional[str] = typer.Option(None, "--app-role", help="Create/update this login role with "
+                                           "SELECT+INSERT only on the journal (PostgreSQL)."),
+    app_password_env: Optional[str] = typer.Option(None, "--app-password-env",
+                                                   help="Name of an environment variable holding the role's password."),
+    as_json: bool = JsonOut,
+) -> None:
+    """Create the ledger's tables, append-only triggers and the application role (run as the owner)."""
+    import os
+
+    from projections.roles import migrate as run
+
+    password = os.environ.get(app_password_env) if app_password_env else None
+    if app_password_env and password is None:
+        fail(2, f"--app-password-env: ${app_password_env} is not set")
+    done = run(owner_url, app_role, password)
+    if as_json:
+        emit(done.as_json())
+    else:
+        console.print(f"migrated schema [bold]{done.schema}[/bold]: {len(done.tables)} tables, triggers refuse "
+                      "UPDATE/DELETE/TRUNCATE on the journal and its chain")
+        if done.role:
+            table = Table("granted to " + done.role)
+            for g in done.grants:
+                table.add_row(g)
+            console.print(table)
+
+
+@app.command()
 def digest(database_url: Optional[str] = DatabaseUrl, as_json: bool = JsonOut) -> None:
     """Print POSITION:HASH of the journal head; keep it outside the database, check it with `verify --digest`."""
     from projections.store import LedgerStore

@@ -370,6 +370,10 @@ class LedgerStore:
             # journal's own connections would otherwise race to do.
             with _schema_lock(self._engine):
                 _creating(self._create_tables)
+                if _journal_ready(self._engine):
+                    # Migrated (projections/roles.py): the application role may not CREATE,
+                    # and nothing is missing; the owner's `drg-ledger migrate` creates.
+                    env = {**env, "CREATE_TABLE": "false"}
                 self._journal = _creating(lambda: Journal(env=env))
             if heal:
                 self.sync_index()
@@ -1275,6 +1279,18 @@ def _schema_lock(engine: Engine) -> Iterator[None]:
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(hashtext('drg-ledger schema'))"))
             conn.commit()
+
+
+def _journal_ready(engine: Engine) -> bool:
+    """On PostgreSQL: the journal, its chain, the lock function and the triggers exist."""
+    if engine.dialect.name != "postgresql":
+        return False
+    with engine.connect() as conn:
+        return bool(conn.execute(text(
+            "SELECT to_regclass('journal_events_chain') IS NOT NULL AND to_regprocedure('journal_events_lock()') "
+            "IS NOT NULL AND (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('journal_events') "
+            "AND NOT tgisinternal) = 3"
+        )).scalar_one())
 
 
 def _creating(create: Callable[[], T]) -> T:

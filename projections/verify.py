@@ -17,7 +17,8 @@ What is checked, in one pass in journal order:
 - pool claims: every registration's hospital claimed for its pool;
 - penalties: every `PenaltyImposed` derived from a journalled violation verdict;
 - dead letters: each one's sha256 and length agree with the bytes kept;
-- running totals: equal to a full replay of their pool-year (`reconcile`).
+- running totals: equal to a full replay of their pool-year (`reconcile`);
+- the append-only triggers on the journal and its chain are present and enabled.
 """
 
 from __future__ import annotations
@@ -142,6 +143,12 @@ def verify(
     _walk(store, out, target, on_progress)
     _tracking(store, out)
     _dead_letters(store, out)
+    from projections.roles import triggers_present
+
+    out.count("append-only triggers")
+    for name in triggers_present(store):
+        out.add("immutability", None, None, f"append-only trigger {name} is missing or disabled "
+                "(`drg-ledger migrate` reinstalls it)")
     if totals:
         _running_totals(store, out)
     out.head_digest = digest_at(store.journal, store.engine, out.head)

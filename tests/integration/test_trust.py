@@ -241,3 +241,42 @@ def test_the_ledgers_own_connection_cannot_update_or_delete_the_journal(loaded: 
             with pytest.raises(Exception, match="append-only"), store.engine.begin() as conn:
                 conn.execute(text(statement))
     assert data(_verify(loaded))["ok"]
+
+
+def test_the_application_role_may_only_read_and_append_the_journal(tmp_path: Path) -> None:
+    """PostgreSQL: `migrate` as the owner, then the ledger runs as the application role; its
+    own connection is refused UPDATE, DELETE, TRUNCATE and CREATE."""
+    import uuid
+
+    from tests.conftest import fresh_database
+
+    role = f"drg_app_{uuid.uuid4().hex[:8]}"
+    with fresh_database("postgresql", tmp_path) as owner_url:
+        try:
+            done = data(run_plain("migrate", "--owner-url", owner_url, "--app-role", role))
+            assert "SELECT, INSERT ON " + done["schema"] + ".journal_events" in done["grants"]
+            base, _, query = owner_url.partition("?")
+            app_url = base.replace("postgres@", f"{role}@") + "?" + query
+            story_file = tmp_path / "story.jsonl"
+            story_file.write_text("".join(json.dumps(e) + "\n" for e in story()), encoding="utf-8")
+            assert data(run(app_url, "ingest", "--backfill", str(POLICIES / "panzhihua.jsonl")))["accepted"] == 7
+            assert data(run(app_url, "ingest", "--backfill", str(story_file)))["accepted"] == 6
+            assert data(run(app_url, "clear", "--pool", "panzhihua", "--year", "2020", "--record"))["log_digest"]
+            with LedgerStore(app_url) as store:
+                for statement in ("UPDATE journal_events SET topic = topic", "DELETE FROM journal_events",
+                                  "TRUNCATE journal_events", "UPDATE journal_events_chain SET chain_hash = chain_hash",
+                                  "DELETE FROM journal_events_chain", "TRUNCATE journal_events_chain",
+                                  "DELETE FROM dead_letters", "UPDATE hospital_pools SET pool = 'x'",
+                                  "CREATE TABLE sneaky (x int)", "ALTER TABLE journal_events DISABLE TRIGGER USER"):
+                    with pytest.raises(Exception, match="permission denied|must be owner|append-only"), \
+                            store.engine.begin() as conn:
+                        conn.execute(text(statement))
+            assert data(_verify(app_url))["ok"]
+        finally:
+            with psycopg.connect(_libpq(owner_url.partition("?")[0]), autocommit=True) as admin:
+                admin.execute(f"DROP OWNED BY {role}")
+                admin.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def run_plain(*args: str) -> Any:
+    return runner.invoke(app, [*args, "--json"])

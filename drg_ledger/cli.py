@@ -471,6 +471,21 @@ TopicPrefix = typer.Option("drg-ledger", "--topic-prefix", envvar="DRG_LEDGER_TO
                            help="Topics <prefix>.events, .dead-letters, .recompute; also the consumer group.")
 
 
+KeyFile = typer.Option(None, "--key-file", envvar="DRG_LEDGER_KEY_FILE", dir_okay=False,
+                       help="Signing keys (streams/signing.py): publish signs with them; the worker then "
+                       "requires every message signed by a key allowed to sign it.")
+
+
+def keyring_of(path: Path | None) -> Any:
+    """The keyring of a --key-file (None without one); a bad file is a bad argument."""
+    from streams.signing import KeyFileError, load_keyring
+
+    try:
+        return load_keyring(path)
+    except KeyFileError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--key-file") from None
+
+
 @app.command()
 def publish(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON Lines, one event envelope per line."),
@@ -479,6 +494,7 @@ def publish(
     topic_prefix: str = TopicPrefix,
     send_invalid: bool = typer.Option(False, "--send-invalid",
                                       help="Send invalid lines too (tests push malformed messages on purpose)."),
+    key_file: Optional[Path] = KeyFile,
     as_json: bool = JsonOut,
 ) -> None:
     """Validate each line and publish it to Kafka, keyed by hospital (streams/README.md).
@@ -494,7 +510,7 @@ def publish(
     with progress() as bar, file.open("rb") as fh:
         task = bar.add_task(f"publish {file.name}", total=total)
         report = run(fh, bootstrap_servers, topic=topic, send_invalid=send_invalid,
-                     on_progress=lambda n: bar.update(task, completed=n))
+                     on_progress=lambda n: bar.update(task, completed=n), keyring=keyring_of(key_file))
     out = report.as_json()
     if as_json:
         emit(out)
@@ -529,6 +545,7 @@ def worker(
     without_web: bool = typer.Option(True, "--without-web/--with-web", hidden=True,
                                      help="The worker never starts Faust's web server."),
     loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
+    key_file: Optional[Path] = KeyFile,
 ) -> None:
     """Run the stream worker: events -> ledger, dead letters, running totals (streams/README.md)."""
     from streams.app import WorkerSettings, run_worker
@@ -539,7 +556,8 @@ def worker(
                               database_url=database_url, store=store,
                               data_dir=str(data_dir) if data_dir else None, batch_size=batch_size,
                               partitions=partitions,
-                              loglevel=loglevel.upper()))
+                              loglevel=loglevel.upper(),
+                              key_file=str(key_file) if keyring_of(key_file) is not None else None))
 
 
 @app.command()

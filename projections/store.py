@@ -823,6 +823,16 @@ class LedgerStore:
             conn.execute(_insert_ignoring(conn, dead_letters_table, ["origin", "raw_sha256"]), list(rows.values()))
         report.rejected.extend(Rejection(line, exc.event_id, exc.field, exc.reason) for line, _, exc in refused)
 
+    def dead_letter(self, refused: Sequence[tuple[str, int, bytes, InvalidEvent]], *, now: datetime | None = None) -> None:
+        """Keeps messages refused before they reach `ingest` (a bad signature, streams/signing.py):
+        (origin prefix, line or offset, raw bytes, why), once per (origin, sha256) like any refusal."""
+        stamp = _utc(now) if now is not None else datetime.now(UTC)
+        by_origin: dict[str, list[tuple[int, bytes, InvalidEvent]]] = {}
+        for origin, line, raw, exc in refused:
+            by_origin.setdefault(origin, []).append((line, raw, exc))
+        for origin, items in by_origin.items():
+            self._dead_letter(items, origin, stamp, IngestReport())
+
     def _stored_hashes(self, event_ids: Iterable[str]) -> dict[str, str]:
         """event_id -> submitted content hash, for those already indexed (chunked IN lookups)."""
         ids = list(dict.fromkeys(event_ids))

@@ -177,23 +177,28 @@ def install(app: Any, settings: Any, events: Any, dead_letters: Any, recompute: 
     """Registers agent `ingest_events` on `app` (a faust.App); returns it."""
     from projections.store import LedgerStore
 
+    from streams.signed_intake import screened_batch
+    from streams.signing import load_keyring
+
     executor = ThreadPoolExecutor(1, thread_name_prefix="drg-intake")
     holder: dict[str, LedgerStore] = {}
+    keyring = load_keyring(getattr(settings, "key_file", None))  # signatures required when set
 
-    def blocking(messages: list[Inbound]) -> IntakeResult:
+    def blocking(messages: list[Inbound], headers: list[Any]) -> IntakeResult:
         # One store, used from this one thread only (LedgerStore is not thread-safe).
         if "store" not in holder:
             holder["store"] = LedgerStore.open(settings.database_url)
-        return run_batch(holder["store"], messages)
+        return screened_batch(holder["store"], messages, headers, keyring)
 
     async def handle(batch: Sequence[Any]) -> None:
         messages = [
             Inbound(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value or b"")
             for e in batch
         ]
+        headers = [e.message.headers for e in batch]
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        result = await retrying(lambda: loop.run_in_executor(executor, blocking, messages), "ingest")
+        result = await retrying(lambda: loop.run_in_executor(executor, blocking, messages, headers), "ingest")
         stored = time.perf_counter()
 
         async def send_all() -> None:

@@ -495,6 +495,9 @@ def publish(
     send_invalid: bool = typer.Option(False, "--send-invalid",
                                       help="Send invalid lines too (tests push malformed messages on purpose)."),
     key_file: Optional[Path] = KeyFile,
+    resume: bool = typer.Option(False, "--resume", help="Ask the store (--database-url) which of the file's "
+                                "events never arrived and send only those (after a broker outage)."),
+    database_url: Optional[str] = DatabaseUrl,
     as_json: bool = JsonOut,
 ) -> None:
     """Validate each line and publish it to Kafka, keyed by hospital (streams/README.md).
@@ -507,11 +510,20 @@ def publish(
     topic = topic or TopicNames(topic_prefix).events
     with file.open("rb") as fh:
         total = sum(1 for _ in fh)
+    keyring = keyring_of(key_file)
+    stored: set[str] = set()
+    if resume:
+        from streams.resume import stored_of
+
+        with open_store(database_url) as store:
+            stored = stored_of(file, store)
     with progress() as bar, file.open("rb") as fh:
+        from streams.resume import missing_lines
+
         task = bar.add_task(f"publish {file.name}", total=total)
-        report = run(fh, bootstrap_servers, topic=topic, send_invalid=send_invalid,
-                     on_progress=lambda n: bar.update(task, completed=n), keyring=keyring_of(key_file))
-    out = report.as_json()
+        report = run(missing_lines(file, stored) if resume else fh, bootstrap_servers, topic=topic,
+                     send_invalid=send_invalid, on_progress=lambda n: bar.update(task, completed=n), keyring=keyring)
+    out = report.as_json() | ({"resumed_skipped": len(stored)} if resume else {})
     if as_json:
         emit(out)
     else:

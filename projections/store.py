@@ -833,6 +833,11 @@ class LedgerStore:
         for origin, items in by_origin.items():
             self._dead_letter(items, origin, stamp, IngestReport())
 
+    def stored_event_ids(self, event_ids: Iterable[str]) -> set[str]:
+        """Those of `event_ids` the ledger holds (`drg-ledger publish --resume`)."""
+        self.sync_index()
+        return set(self._stored_hashes(event_ids))
+
     def _stored_hashes(self, event_ids: Iterable[str]) -> dict[str, str]:
         """event_id -> submitted content hash, for those already indexed (chunked IN lookups)."""
         ids = list(dict.fromkeys(event_ids))

@@ -372,12 +372,15 @@ def verify(
 
 @app.command()
 def migrate(
-    owner_url: str = typer.Option(..., "--owner-url", envvar="DRG_LEDGER_OWNER_URL",
-                                  help="The schema owner's URL (migrations only; never the application's)."),
+    owner_url: str = typer.Option(..., "--owner-url", envvar=["DRG_LEDGER_OWNER_URL", "DRG_LEDGER_DATABASE_URL"],
+                                  help="The schema owner's URL (migrations only; never the application's). "
+                                  "Default: $DRG_LEDGER_OWNER_URL, else $DRG_LEDGER_DATABASE_URL (a migrate job's)."),
     app_role: Optional[str] = typer.Option(None, "--app-role", help="Create/update this login role with "
                                            "SELECT+INSERT only on the journal (PostgreSQL)."),
     app_password_env: Optional[str] = typer.Option(None, "--app-password-env",
                                                    help="Name of an environment variable holding the role's password."),
+    app_password_file: Optional[Path] = typer.Option(None, "--app-password-file", dir_okay=False,
+                                                     help="A file holding the role's password (a mounted secret)."),
     as_json: bool = JsonOut,
 ) -> None:
     """Create the ledger's tables, append-only triggers and the application role (run as the owner)."""
@@ -388,6 +391,8 @@ def migrate(
     password = os.environ.get(app_password_env) if app_password_env else None
     if app_password_env and password is None:
         fail(2, f"--app-password-env: ${app_password_env} is not set")
+    if app_password_file is not None:
+        password = app_password_file.read_text(encoding="utf-8").rstrip("\r\n")  # as docker-entrypoint reads it
     done = run(owner_url, app_role, password)
     if as_json:
         emit(done.as_json())

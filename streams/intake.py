@@ -127,8 +127,12 @@ def run_batch(store: LedgerStore, messages: Sequence[Inbound]) -> IntakeResult:
         result.accepted += report.accepted
         result.duplicates += report.duplicates
         by_offset = {m.offset: m for _, m in run}
+        index_of = {m.offset: i for i, m in run}
         for r in report.rejected:
             result.refused.append(Refused(by_offset[r.line], r.field, r.reason, r.event_id))
+            # A refused message changes no total; and its fields (a NUL in an id) may be
+            # unusable in the recompute lookup below (found by the hostile flood, issue 12).
+            parsed.pop(index_of[r.line], None)
 
     events = list(parsed.values())
     if events:

@@ -57,9 +57,13 @@ def parse_day(text: str, option: str) -> date:
 
 
 def open_store(database_url: str | None) -> Any:
+    from projections.chain import BrokenEntry
     from projections.store import LedgerStore
 
-    return LedgerStore.open(database_url)
+    try:
+        return LedgerStore.open(database_url)
+    except BrokenEntry as exc:
+        fail(EXIT_REJECTED, f"{exc}; nothing derived is built from it (run `drg-ledger verify`)")
 
 
 def emit(data: Any) -> None:
@@ -132,6 +136,7 @@ def clear(
     as_json: bool = JsonOut,
 ) -> None:
     """Year-end clearing of a pool and year (RULES.md 5), read-only unless --record."""
+    from projections.chain import BrokenEntry
     from projections.queries import clear_pool
 
     if warm and (cold or known_at is not None or record):
@@ -150,11 +155,12 @@ def clear(
 
                 result = warm_clearing(store, pool, year, refresh_if_stale=refresh)
             else:
-                result = clear_pool(store, pool, year, parse_moment(known_at), record=record, cold=cold)
-        except (ClearingError, PolicyMissing) as exc:
+                result = clear_pool(store, pool, year, parse_moment(known_at), cold=cold)
+                log_digest = recorded_log_digest(store, result) if record else None
+        except (ClearingError, PolicyMissing, BrokenEntry) as exc:
             fail(EXIT_CANNOT_COMPUTE, str(exc))
     if as_json:
-        emit(marked.as_json() if marked else result.as_json())
+        emit(marked.as_json() if marked else result.as_json() | ({"log_digest": log_digest} if record else {}))
         return
     table = Table("hospital", "settled", "deducted", "net points", "personal paid", "fund due", "prepaid",
                   "clearing amount", title=_what_if_title(marked)
@@ -168,6 +174,9 @@ def clear(
                   f"budget {result.budget:,}" + (" — recorded as ClearingCompleted" if record else ""))
     if result.basis is not None:
         console.print(result.basis.text())
+    if record:
+        console.print(f"log digest [bold]{log_digest}[/bold]: `drg-ledger verify --digest {log_digest}` proves "
+                      "the journal this clearing was computed from unchanged")
 
 
 def _signed(x: Any) -> str:
@@ -308,8 +317,13 @@ def doctor(
 @app.command()
 def rebuild(database_url: Optional[str] = DatabaseUrl, as_json: bool = JsonOut) -> None:
     """Rebuild everything derived from the journal alone: the index, the pool claims, the penalties."""
+    from projections.chain import BrokenEntry
+
     with open_store(database_url) as store:
-        done = store.rebuild()
+        try:
+            done = store.rebuild()
+        except BrokenEntry as exc:
+            fail(EXIT_REJECTED, f"rebuild refused: {exc}; the index is left as it was (run `drg-ledger verify`)")
     if as_json:
         emit(done)
     else:
@@ -318,6 +332,116 @@ def rebuild(database_url: Optional[str] = DatabaseUrl, as_json: bool = JsonOut) 
 
 
 app.command("rebuild-projections", hidden=True, help="Old name of `rebuild`.")(rebuild)
+
+
+# --------------------------------------------------------------------------- trust (issue 12)
+
+
+def recorded_log_digest(store: Any, result: Any) -> str | None:
+    """Records `result` as a ClearingCompleted; returns the log digest the recorded event carries."""
+    from projections.queries import record_clearing, recorded_digest
+
+    event_id, _ = record_clearing(store, result)
+    return recorded_digest(store, event_id)
+
+
+@app.command()
+def verify(
+    digest: Optional[str] = typer.Option(None, "--digest", help="POSITION:HASH taken earlier (`drg-ledger digest`, "
+                                         "a clearing's log digest): prove the journal up to it unchanged."),
+    skip_totals: bool = typer.Option(False, "--skip-totals", help="Do not replay the running totals' pool-years."),
+    database_url: Optional[str] = DatabaseUrl,
+    as_json: bool = JsonOut,
+) -> None:
+    """Re-walk the journal, recompute every hash, check the chain and every derived table against it.
+
+    Exit 1 naming the first broken link (position, event_id, what differs)."""
+    from projections.store import LedgerStore
+    from projections.verify import BadDigest, parse_digest
+    from projections.verify import verify as run
+
+    if digest is not None:
+        try:
+            parse_digest(digest)
+        except BadDigest as exc:
+            raise typer.BadParameter(str(exc), param_hint="--digest") from None
+    with LedgerStore.open(database_url, heal=False) as store, progress(transient=True) as bar:
+        task = bar.add_task("verify", total=store.journal.head() or None)
+        result = run(store, digest=digest, totals=not skip_totals,
+                     on_progress=lambda n, head: bar.update(task, completed=n, total=head))
+    if as_json:
+        emit(result.as_json())
+    else:
+        table = Table("check", "items", title="drg-ledger verify")
+        for name, n in result.checked.items():
+            table.add_row(name, f"{n:,}")
+        console.print(table)
+        rate = f"{result.entries / result.seconds:,.0f} entries/s" if result.seconds else ""
+        if result.ok:
+            console.print(f"[green]verified[/green]: {result.entries:,} entries, head digest "
+                          f"[bold]{result.head_digest}[/bold]" + (f", digest {digest} holds" if digest else "")
+                          + f" ({result.seconds:.1f} s, {rate})")
+        else:
+            problems = Table("check", "position", "event_id", "what differs", title="[red]broken[/red]")
+            for f in result.findings:
+                problems.add_row(f.check, "" if f.position is None else str(f.position), f.event_id or "", f.detail)
+            console.print(problems)
+            first = result.first
+            assert first is not None
+            err.print(f"[red]first broken link:[/red] position {first.position}, event {first.event_id}: {first.detail}"
+                      + (f" (and {result.more_findings} more findings)" if result.more_findings else ""))
+    if not result.ok:
+        raise typer.Exit(EXIT_REJECTED)
+
+
+@app.command()
+def migrate(
+    owner_url: str = typer.Option(..., "--owner-url", envvar=["DRG_LEDGER_OWNER_URL", "DRG_LEDGER_DATABASE_URL"],
+                                  help="The schema owner's URL (migrations only; never the application's). "
+                                  "Default: $DRG_LEDGER_OWNER_URL, else $DRG_LEDGER_DATABASE_URL (a migrate job's)."),
+    app_role: Optional[str] = typer.Option(None, "--app-role", help="Create/update this login role with "
+                                           "SELECT+INSERT only on the journal (PostgreSQL)."),
+    app_password_env: Optional[str] = typer.Option(None, "--app-password-env",
+                                                   help="Name of an environment variable holding the role's password."),
+    app_password_file: Optional[Path] = typer.Option(None, "--app-password-file", dir_okay=False,
+                                                     help="A file holding the role's password (a mounted secret)."),
+    as_json: bool = JsonOut,
+) -> None:
+    """Create the ledger's tables, append-only triggers and the application role (run as the owner)."""
+    import os
+
+    from projections.roles import migrate as run
+
+    password = os.environ.get(app_password_env) if app_password_env else None
+    if app_password_env and password is None:
+        fail(2, f"--app-password-env: ${app_password_env} is not set")
+    if app_password_file is not None:
+        password = app_password_file.read_text(encoding="utf-8").rstrip("\r\n")  # as docker-entrypoint reads it
+    done = run(owner_url, app_role, password)
+    if as_json:
+        emit(done.as_json())
+    else:
+        console.print(f"migrated schema [bold]{done.schema}[/bold]: {len(done.tables)} tables, triggers refuse "
+                      "UPDATE/DELETE/TRUNCATE on the journal and its chain")
+        if done.role:
+            table = Table("granted to " + done.role)
+            for g in done.grants:
+                table.add_row(g)
+            console.print(table)
+
+
+@app.command()
+def digest(database_url: Optional[str] = DatabaseUrl, as_json: bool = JsonOut) -> None:
+    """Print POSITION:HASH of the journal head; keep it outside the database, check it with `verify --digest`."""
+    from projections.store import LedgerStore
+    from projections.verify import head_digest
+
+    with LedgerStore.open(database_url, heal=False) as store:
+        value = head_digest(store)
+    if as_json:
+        emit({"digest": value, "position": int(value.split(":", 1)[0])})
+    else:
+        print(value)
 
 
 @app.command()
@@ -537,6 +661,21 @@ TopicPrefix = typer.Option("drg-ledger", "--topic-prefix", envvar="DRG_LEDGER_TO
                            help="Topics <prefix>.events, .dead-letters, .recompute; also the consumer group.")
 
 
+KeyFile = typer.Option(None, "--key-file", envvar="DRG_LEDGER_KEY_FILE", dir_okay=False,
+                       help="Signing keys (streams/signing.py): publish signs with them; the worker then "
+                       "requires every message signed by a key allowed to sign it.")
+
+
+def keyring_of(path: Path | None) -> Any:
+    """The keyring of a --key-file (None without one); a bad file is a bad argument."""
+    from streams.signing import KeyFileError, load_keyring
+
+    try:
+        return load_keyring(path)
+    except KeyFileError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--key-file") from None
+
+
 @app.command()
 def publish(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON Lines, one event envelope per line."),
@@ -545,6 +684,10 @@ def publish(
     topic_prefix: str = TopicPrefix,
     send_invalid: bool = typer.Option(False, "--send-invalid",
                                       help="Send invalid lines too (tests push malformed messages on purpose)."),
+    key_file: Optional[Path] = KeyFile,
+    resume: bool = typer.Option(False, "--resume", help="Ask the store (--database-url) which of the file's "
+                                "events never arrived and send only those (after a broker outage)."),
+    database_url: Optional[str] = DatabaseUrl,
     as_json: bool = JsonOut,
 ) -> None:
     """Validate each line and publish it to Kafka, keyed by hospital (streams/README.md).
@@ -557,11 +700,20 @@ def publish(
     topic = topic or TopicNames(topic_prefix).events
     with file.open("rb") as fh:
         total = sum(1 for _ in fh)
+    keyring = keyring_of(key_file)
+    stored: set[str] = set()
+    if resume:
+        from streams.resume import stored_of
+
+        with open_store(database_url) as store:
+            stored = stored_of(file, store)
     with progress() as bar, file.open("rb") as fh:
+        from streams.resume import missing_lines
+
         task = bar.add_task(f"publish {file.name}", total=total)
-        report = run(fh, bootstrap_servers, topic=topic, send_invalid=send_invalid,
-                     on_progress=lambda n: bar.update(task, completed=n))
-    out = report.as_json()
+        report = run(missing_lines(file, stored) if resume else fh, bootstrap_servers, topic=topic,
+                     send_invalid=send_invalid, on_progress=lambda n: bar.update(task, completed=n), keyring=keyring)
+    out = report.as_json() | ({"resumed_skipped": len(stored)} if resume else {})
     if as_json:
         emit(out)
     else:
@@ -598,6 +750,7 @@ def worker(
     without_web: bool = typer.Option(True, "--without-web/--with-web", hidden=True,
                                      help="The worker never starts Faust's web server."),
     loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
+    key_file: Optional[Path] = KeyFile,
 ) -> None:
     """Run the stream worker: events -> ledger, dead letters, running totals (streams/README.md)."""
     from streams.app import WorkerSettings, run_worker
@@ -608,7 +761,8 @@ def worker(
                               database_url=database_url, store=store,
                               data_dir=str(data_dir) if data_dir else None, batch_size=batch_size,
                               partitions=partitions, instance_id=instance_id,
-                              loglevel=loglevel.upper()))
+                              loglevel=loglevel.upper(),
+                              key_file=str(key_file) if keyring_of(key_file) is not None else None))
 
 
 @app.command()

@@ -655,6 +655,8 @@ class ClearingCompleted(_Model):
     total_points: TotalPoints | None = None
     budget: Amount | None = None
     results: list[ClearingResult] = Field(max_length=ROWS_MAX)
+    log_digest: str | None = Field(default=None, pattern=r"^[0-9]{1,19}:[0-9a-f]{64}$")
+    """`position:chain_hash` of the journal prefix the clearing read (README "Trust")."""
 
 
 class HistoryBackfilled(_Model):

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+import json
 from dataclasses import replace
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ledger.clearing import Balance, Basis, Clearing, balance, clearing, settle
-from ledger.events import ENVELOPES, canonical_json
+from ledger.events import ENVELOPES
 from ledger.explain import UnknownCase, explain
+from projections.chain import digest_at
 
 if TYPE_CHECKING:
     from projections.store import LedgerStore
@@ -73,12 +75,28 @@ def record_clearing(store: LedgerStore, result: Clearing) -> tuple[str, bool]:
     from its content, so recording the same clearing twice is one event. Returns the id and
     whether it was new."""
     payload = result.completed()
-    digest = hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(_without_digest(payload).encode("utf-8")).hexdigest()
     event_id = f"clearing:{result.pool}:{result.year}:{digest[:32]}"
+    # The log it was computed from (README "Trust"): the digest of the journal prefix up to
+    # the position the clearing read; not part of the id, so the same clearing is one event.
+    position = result.basis.journal_position if result.basis is not None else store.position
+    payload = payload.model_copy(update={"log_digest": digest_at(store.journal, store.engine, position)})
     completed = ENVELOPES["ClearingCompleted"](
         event_id=event_id, event_type="ClearingCompleted", recorded_at=now(), source="system", payload=payload
     )
     return event_id, store.append_system_events([completed]) > 0
+
+
+def _without_digest(payload: Any) -> str:
+    """Canonical JSON of a clearing's content without its log digest (what its id derives from)."""
+    data = payload.model_dump(mode="json", exclude={"log_digest"})
+    return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def recorded_digest(store: LedgerStore, event_id: str) -> str | None:
+    """The log digest a recorded clearing carries (None for one recorded before digests)."""
+    ev = store.event(event_id)
+    return None if ev is None else ev.payload.log_digest
 
 
 def hospital_pool(store: LedgerStore, hospital_id: str) -> str:

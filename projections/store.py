@@ -67,6 +67,7 @@ from ledger.events import (
 )
 from ledger.impact import Seal, Seals, impact
 from ledger.journal import Journal, LedgerEntry
+from projections.chain import RECORDER_TOPICS, checked_read
 
 T = TypeVar("T")
 
@@ -356,12 +357,13 @@ class _IndexMoved(Exception):
 class LedgerStore:
     """The one storage object: append (`ingest`, `append_system_events`) and read (`load`...)."""
 
-    def __init__(self, database_url: str, *, late_window: timedelta | None = None) -> None:
+    def __init__(self, database_url: str, *, late_window: timedelta | None = None, heal: bool = True) -> None:
         """Opens (creating tables when missing) the journal and index at `database_url`,
         catches the index up and completes derivations a crash interrupted.
 
         `late_window`: EVENTS.md's late-arrival window; default `$DRG_LEDGER_LATE_WINDOW_DAYS`
-        days, else 7.
+        days, else 7. `heal=False` opens without catching anything up (`verify` looks at the
+        store as it is, and must open one whose journal was tampered with).
         """
         self.database_url = database_url
         if late_window is None:
@@ -378,9 +380,14 @@ class LedgerStore:
             # journal's own connections would otherwise race to do.
             with _schema_lock(self._engine):
                 _creating(self._create_tables)
+                if _journal_ready(self._engine):
+                    # Migrated (projections/roles.py): the application role may not CREATE,
+                    # and nothing is missing; the owner's `drg-ledger migrate` creates.
+                    env = {**env, "CREATE_TABLE": "false"}
                 self._journal = _creating(lambda: Journal(env=env))
-            self.sync_index()
-            self.complete_derivations()
+            if heal:
+                self.sync_index()
+                self.complete_derivations()
         except BaseException:
             self.close()
             raise
@@ -394,11 +401,11 @@ class LedgerStore:
                     conn.execute(insert(t).values(name=name, notification_id=0))
 
     @classmethod
-    def open(cls, database_url: str | None = None) -> LedgerStore:
+    def open(cls, database_url: str | None = None, *, heal: bool = True) -> LedgerStore:
         """Opens the store at `database_url`, else `$DRG_LEDGER_DATABASE_URL`, else
         `sqlite:///drg-ledger.db` in the working directory (EVENTS.md "Commands")."""
         url = database_url or os.environ.get(DATABASE_URL_ENV) or DEFAULT_DATABASE_URL
-        return cls(url)
+        return cls(url, heal=heal)
 
     @property
     def engine(self) -> Engine:
@@ -953,6 +960,21 @@ class LedgerStore:
             with self._engine.begin() as conn:
                 _consume(conn, origins, fate)
 
+    def dead_letter(self, refused: Sequence[tuple[str, int, bytes, InvalidEvent]], *, now: datetime | None = None) -> None:
+        """Keeps messages refused before they reach `ingest` (a bad signature, streams/signing.py):
+        (origin prefix, line or offset, raw bytes, why), once per (origin, sha256) like any refusal."""
+        stamp = _utc(now) if now is not None else datetime.now(UTC)
+        by_origin: dict[str, list[tuple[int, bytes, InvalidEvent]]] = {}
+        for origin, line, raw, exc in refused:
+            by_origin.setdefault(origin, []).append((line, raw, exc))
+        for origin, items in by_origin.items():
+            self._dead_letter(items, origin, stamp, IngestReport())
+
+    def stored_event_ids(self, event_ids: Iterable[str]) -> set[str]:
+        """Those of `event_ids` the ledger holds (`drg-ledger publish --resume`)."""
+        self.sync_index()
+        return set(self._stored_hashes(event_ids))
+
     def _stored_hashes(self, event_ids: Iterable[str]) -> dict[str, str]:
         """event_id -> submitted content hash, for those already indexed (chunked IN lookups)."""
         ids = list(dict.fromkeys(event_ids))
@@ -983,8 +1005,27 @@ class LedgerStore:
         """Applies the journal entries the index has not seen yet; returns how many."""
         return self._sync([])
 
+    def checked_read(self, after: int, limit: int) -> list[tuple[int, LedgerEntry.Recorded]]:
+        """`Journal.read`, every entry checked against the hash chain first (raises `BrokenEntry`)."""
+        return checked_read(self._journal, self._engine, after, limit)
+
+    def check_chain(self) -> int:
+        """Walks the whole journal against its hash chain; raises `BrokenEntry` at the first
+        entry that does not match; returns how many entries were checked."""
+        after, n = 0, 0
+        while True:
+            page = self.checked_read(after, _PAGE)
+            n += len(page)
+            if len(page) < _PAGE:
+                return n
+            after = page[-1][0]
+
     def rebuild_index(self) -> int:
-        """Empties the index and rebuilds it from the journal alone; returns its rows."""
+        """Empties the index and rebuilds it from the journal alone; returns its rows.
+
+        The whole journal is checked against its hash chain first: a broken entry raises
+        `BrokenEntry` and the index is left as it was; nothing altered is ever copied."""
+        self.check_chain()
         with self._engine.begin() as conn:
             conn.execute(delete(index_table))
             conn.execute(delete(consumed_offsets_table).where(consumed_offsets_table.c.fate == "accepted"))
@@ -1115,9 +1156,11 @@ class LedgerStore:
                 batch = [(nid, e.event, e.body, e.submitted_hash, e.recorded.origin) for nid, e in fresh]
                 fresh = []
             else:
+                # Each entry is checked against its chain row before it is copied: an entry
+                # altered behind the ledger's back raises BrokenEntry instead (projections/chain.py).
                 batch = [
                     (nid, _parse_stored(r.event_type, r.envelope), r.envelope, r.content_hash, r.origin)
-                    for nid, r in self._journal.read(position, _PAGE)
+                    for nid, r in self.checked_read(position, _PAGE)
                 ]
                 if not batch:
                     return applied
@@ -1232,12 +1275,18 @@ class LedgerStore:
         no index). `known_at` keeps those recorded at or before it; `until` stops after that
         journal position."""
         cut = _utc(known_at) if known_at is not None else None
-        for nid, recorded in self._journal.replay():
-            if until is not None and nid > until:
+        after = 0
+        while True:
+            page = self.checked_read(after, _PAGE)  # the cold path trusts no unchecked entry either
+            for nid, recorded in page:
+                if until is not None and nid > until:
+                    return
+                ev = _parse_stored(recorded.event_type, recorded.envelope)
+                if cut is None or ev.recorded_at <= cut:
+                    yield ev
+            if len(page) < _PAGE:
                 return
-            ev = _parse_stored(recorded.event_type, recorded.envelope)
-            if cut is None or ev.recorded_at <= cut:
-                yield ev
+            after = page[-1][0]
 
     def event(self, event_id: str) -> Envelope | None:
         """The recorded event `event_id`, if any."""
@@ -1313,12 +1362,14 @@ def journal_env(database_url: str) -> dict[str, str]:
     url = _url(database_url)
     if url.get_backend_name() == "sqlite":
         return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": sqlite_path(database_url),
-                "SQLITE_LOCK_TIMEOUT": "30"}
+                "SQLITE_LOCK_TIMEOUT": "30", "APPLICATION_RECORDER_TOPIC": RECORDER_TOPICS["eventsourcing.sqlite"]}
     if not url.database:
         raise ValueError(f"database URL names no database: {database_url!r}")
     query = {k: (v if isinstance(v, str) else " ".join(v)) for k, v in url.query.items()}
     env = {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        # The hash chain and append-only triggers ride on the library's insert (projections/chain.py).
+        "APPLICATION_RECORDER_TOPIC": RECORDER_TOPICS["eventsourcing.postgres"],
         "POSTGRES_DBNAME": url.database,
         "POSTGRES_HOST": url.host or query.get("host", "127.0.0.1"),
         "POSTGRES_PORT": str(url.port or query.get("port", 5432)),
@@ -1383,6 +1434,18 @@ def _schema_lock(engine: Engine) -> Iterator[None]:
         finally:
             conn.execute(text("SELECT pg_advisory_unlock(hashtext('drg-ledger schema'))"))
             conn.commit()
+
+
+def _journal_ready(engine: Engine) -> bool:
+    """On PostgreSQL: the journal, its chain, the lock function and the triggers exist."""
+    if engine.dialect.name != "postgresql":
+        return False
+    with engine.connect() as conn:
+        return bool(conn.execute(text(
+            "SELECT to_regclass('journal_events_chain') IS NOT NULL AND to_regprocedure('journal_events_lock()') "
+            "IS NOT NULL AND (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('journal_events') "
+            "AND NOT tgisinternal) = 3"
+        )).scalar_one())
 
 
 def _creating(create: Callable[[], T]) -> T:

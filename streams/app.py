@@ -39,6 +39,7 @@ class WorkerSettings:
     recompute_within_s: float = 0.1
     recompute_in_process: bool = True  # recompute in a child process: a second core for the CPU-bound fold
     loglevel: str = "INFO"
+    key_file: str | None = None  # signed producers required (streams/signing.py); None: not required
 
 
 def broker_url(bootstrap_servers: str) -> str:

@@ -149,8 +149,12 @@ def run_batch(store: LedgerStore, messages: Sequence[Inbound],
         result.accepted += report.accepted
         result.duplicates += report.duplicates
         by_offset = {m.offset: m for _, m in run}
+        index_of = {m.offset: i for i, m in run}
         for r in report.rejected:
             result.refused.append(Refused(by_offset[r.line], r.field, r.reason, r.event_id))
+            # A refused message changes no total; and its fields (a NUL in an id) may be
+            # unusable in the recompute lookup below (found by the hostile flood, issue 12).
+            parsed.pop(index_of[r.line], None)
 
     events = list(parsed.values())
     if events:
@@ -257,6 +261,9 @@ class EventsConsumer:
         self.consumer: Any = None
         self.interval = float(os.environ.get(AUDIT_INTERVAL_ENV) or DEFAULT_AUDIT_INTERVAL_S)
         self.fault = FaultDrop(os.environ.get(FAULT_DROP_ENV))
+        from streams.signing import load_keyring
+
+        self.keyring = load_keyring(getattr(settings, "key_file", None))  # signatures required when set
         self._check_due = time.monotonic() + self.interval
         self._converge_now = False
         self._resume: set[Any] = set()
@@ -446,10 +453,14 @@ class EventsConsumer:
             log.debug("advisory commit skipped: %s", exc)
 
     async def handle(self, records: Sequence[Any]) -> None:
+        from streams.signed_intake import screened_batch  # it imports this module
+
         messages = [Inbound(r.topic, r.partition, r.offset, r.key, r.value or b"") for r in records]
+        headers = [r.headers for r in records]
         started = time.perf_counter()
         reread = dict(self._reread)
-        result = await retrying(lambda: self._blocking(lambda: run_batch(self._store(), messages, reread)), "ingest")
+        result = await retrying(lambda: self._blocking(lambda: screened_batch(
+            self._store(), messages, headers, self.keyring, run=lambda st, ms: run_batch(st, ms, reread))), "ingest")
         for m in messages:  # past the re-read range: judged as usual again
             tp = (m.topic, m.partition)
             if tp in self._reread and m.offset >= self._reread[tp][1]:

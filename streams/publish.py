@@ -103,6 +103,7 @@ def publish(
     on_sent: Callable[[int, float], None] | None = None,
     on_delivered: Delivered | None = None,
     progress_every: int = 1000,
+    keyring: Any = None,
 ) -> PublishReport:
     """Validates and sends each non-blank line; waits for every delivery report.
 
@@ -151,7 +152,9 @@ def publish(
             key = key_for(decoded, case_hospitals, hospital_pools) if decoded is not None else None
             if problem is None and decoded is not None:
                 _remember(decoded, case_hospitals, hospital_pools)
-            future = kp.send(topic, key=key.encode("utf-8") if key is not None else None, value=data)
+            # Signed producers (streams/signing.py): the key of the event's source, when one fits.
+            headers = _signature(keyring, data, decoded) if keyring is not None else None
+            future = kp.send(topic, key=key.encode("utf-8") if key is not None else None, value=data, headers=headers)
             if on_sent is not None:
                 on_sent(n, time.time())
             future.add_callback(delivered(n))
@@ -165,6 +168,15 @@ def publish(
         kp.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _signature(keyring: Any, data: bytes, decoded: dict[str, Any] | None) -> list[tuple[str, bytes]] | None:
+    source = decoded.get("source") if decoded is not None else None
+    payload = decoded.get("payload") if decoded is not None else None
+    hospital = payload.get("hospital_id") if isinstance(payload, dict) else None
+    headers = keyring.sign(data, source if isinstance(source, str) else None,
+                           hospital if isinstance(hospital, str) else None)
+    return headers or None
 
 
 def _validate(data: bytes) -> tuple[dict[str, Any] | None, InvalidEvent | None]:

@@ -765,19 +765,24 @@ def test_configured_hosts_name_the_services_that_exist(
     plain = [lst for lst in kafka["spec"]["kafka"]["listeners"] if not lst["tls"]]
     assert int(port) in {lst["port"] for lst in plain}
     url = urlsplit(config["DRG_LEDGER_DATABASE_URL"])
-    assert url.password is None and url.username == "ledger"
+    # The application role, never the image's bootstrap superuser (README.md "Trust").
+    assert url.password is None and url.username == "ledger_app"
     postgres = one(base_docs, "Service", url.hostname)
     assert url.port in {p["port"] for p in postgres["spec"]["ports"]}
     pg = one(base_docs, "StatefulSet", "postgres")["spec"]["template"]["spec"]["containers"][0]
     pg_env = {e["name"]: e.get("value") for e in pg["env"]}
-    assert (pg_env["POSTGRES_USER"], pg_env["POSTGRES_DB"]) == (url.username, url.path.lstrip("/"))
+    assert pg_env["POSTGRES_DB"] == url.path.lstrip("/") and pg_env["POSTGRES_USER"] != url.username
+    (init,) = one(base_docs, "StatefulSet", "drg-ledger-worker")["spec"]["template"]["spec"]["initContainers"]
+    owner = urlsplit({e["name"]: e.get("value") for e in init["env"]}["DRG_LEDGER_DATABASE_URL"])
+    assert owner.username == pg_env["POSTGRES_USER"] and init["command"][1:3] == ["drg-ledger", "migrate"]
+    assert init["command"][init["command"].index("--app-role") + 1] == url.username
 
     services = compose["services"]
     env = services["worker"]["environment"]
     curl = urlsplit(env["DRG_LEDGER_DATABASE_URL"])
     assert curl.password is None and curl.hostname in services
     pg_env = services[curl.hostname]["environment"]
-    assert (pg_env["POSTGRES_USER"], pg_env["POSTGRES_DB"]) == (curl.username, curl.path.lstrip("/"))
+    assert pg_env["POSTGRES_DB"] == curl.path.lstrip("/") and curl.username == url.username
     khost, kport = env["KAFKA_BOOTSTRAP_SERVERS"].split(":")
     assert khost in services
     assert f"://{khost}:{kport}" in services[khost]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
@@ -825,17 +830,38 @@ def test_workers_and_migrate_run_the_same_commands_in_compose_and_kubernetes(
     assert any(data_dir.startswith(f"{m}/") for m in mounts), "the RocksDB directory must be on the volume"
     assert any(data_dir.startswith(f"{v}/") for v in compose["services"]["worker"]["volumes"])
     migrate = compose["services"]["migrate"]
-    assert init["command"] == migrate["entrypoint"] + migrate["command"]
+    # The same command; only where each platform mounts the application role's password differs.
+    def without_secret_path(cmd: list[str]) -> list[str]:
+        i = cmd.index("--app-password-file")
+        return cmd[: i + 1] + cmd[i + 2 :]
+
+    assert without_secret_path(init["command"]) == without_secret_path(migrate["entrypoint"] + migrate["command"])
+    assert init["command"][init["command"].index("--app-password-file") + 1] == (
+        "/run/secrets/drg-ledger-db/app-password")
     assert init["command"][0] == "docker-entrypoint"
 
 
-def test_the_migrate_step_calls_a_store_api_that_exists(compose: dict[str, Any]) -> None:
-    code = compose["services"]["migrate"]["command"][-1]
-    m = re.fullmatch(r"from ([\w.]+) import (\w+); \2\.(\w+)\(\)\.(\w+)\(\)", code)
-    assert m, f"unexpected migrate command {code!r}"
-    module, cls_name, opener, closer = m.groups()
-    cls = getattr(importlib.import_module(module), cls_name)
-    assert callable(getattr(cls, opener)) and callable(getattr(cls, closer))
+def test_the_migrate_step_runs_the_migrate_command_as_the_owner(compose: dict[str, Any]) -> None:
+    """`drg-ledger migrate` with options it has; as the owner, while every other ledger
+    service connects as the application role (README.md "Trust")."""
+    from typer.testing import CliRunner
+
+    from drg_ledger.cli import app
+
+    migrate = compose["services"]["migrate"]
+    command = migrate["command"]
+    assert command[:2] == ["drg-ledger", "migrate"]
+    usage = CliRunner().invoke(app, ["migrate", "--help"]).output
+    for option in (a for a in command[2:] if a.startswith("--")):
+        assert option in usage, f"migrate has no option {option}"
+    owner = urlsplit(migrate["environment"]["DRG_LEDGER_DATABASE_URL"]).username
+    app_user = urlsplit(compose["x-ledger-app"]["environment"]["DRG_LEDGER_DATABASE_URL"]).username
+    assert owner == compose["services"]["postgres"]["environment"]["POSTGRES_USER"] != app_user
+    assert command[command.index("--app-role") + 1] == app_user
+    for name, service in compose["services"].items():
+        url = service.get("environment", {}).get("DRG_LEDGER_DATABASE_URL")
+        if url and name != "migrate":
+            assert urlsplit(url).username == app_user, f"{name} must connect as the application role"
 
 
 def test_readiness_asks_kafka_because_the_worker_serves_no_http(

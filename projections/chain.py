@@ -1,0 +1,285 @@
+"""The journal's hash chain, written in the same transaction as each journal entry.
+
+Per entry, in journal order (notification id = `position`), a row of `<events table>_chain`:
+`position`, `event_id`, `content_hash` and `chain_hash`, where
+
+- `content_hash` = sha256 of the stored record as the library wrote it: its topic, a newline,
+  and its `state` bytes (the envelope as recorded, event_id, submitted hash, timestamp);
+- `chain_hash`   = sha256 of the ASCII text `previous chain_hash + content_hash` (hex), the
+  previous of the first entry being `GENESIS` (64 zeros).
+
+So `position:chain_hash` of an entry (a *digest*) fixes every entry up to it: recomputing the
+chain from the entries themselves and comparing with a digest kept outside the database
+proves the prefix unchanged, even when the chain table was rewritten too.
+
+The recorders below are the eventsourcing 9.5.6 ones with the chain rows added inside the
+library's own insert transaction: on SQLite after the entries' inserts (the first insert takes
+the database's write lock, so the previous hash read after it is the last committed one); on
+PostgreSQL after the library's `LOCK TABLE ... IN EXCLUSIVE MODE` and the pipelined insert,
+in `_fetch_ids_after_insert_events`, still inside the transaction. The library's table format
+is kept, so `Journal.read` reads as before. Both recorders also install triggers that refuse
+UPDATE and DELETE (and TRUNCATE on PostgreSQL) on the journal and its chain. On PostgreSQL
+the table lock is taken through a SECURITY DEFINER function of the owner, so the application
+role needs no UPDATE privilege (PostgreSQL's LOCK TABLE EXCLUSIVE asks for one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Composed, Identifier
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+
+from ledger.journal import Journal, LedgerEntry, entry_id
+
+GENESIS = "0" * 64
+"""The chain hash before the first entry."""
+
+CHAIN_SUFFIX = "_chain"
+REFUSED = "the journal is append-only (drg-ledger): its rows are never updated or deleted"
+
+
+def content_hash(topic: str, state: bytes) -> str:
+    """sha256 of a stored journal record: its topic, a newline, its state bytes."""
+    return hashlib.sha256(topic.encode("utf-8") + b"\n" + bytes(state)).hexdigest()
+
+
+def link(previous: str, content: str) -> str:
+    """The chain hash of an entry: sha256 of `previous + content` (hex text, ASCII)."""
+    return hashlib.sha256((previous + content).encode("ascii")).hexdigest()
+
+
+def stored_event_id(state: bytes) -> str:
+    """The envelope's event_id inside a stored `LedgerEntry.Recorded` state."""
+    try:
+        value = json.loads(bytes(state)).get("event_id")
+    except (ValueError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
+
+
+def chain_rows(previous: str, ids: Sequence[int], stored: Sequence[StoredEvent]) -> list[tuple[int, str, str, str]]:
+    """(position, event_id, content_hash, chain_hash) of freshly inserted entries, in order."""
+    assert len(ids) == len(stored), (len(ids), len(stored))
+    rows = []
+    for nid, s in zip(ids, stored, strict=True):
+        h = content_hash(s.topic, s.state)
+        previous = link(previous, h)
+        rows.append((int(nid), stored_event_id(s.state), h, previous))
+    return rows
+
+
+class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
+    """The library's SQLite application recorder, plus the chain and append-only triggers."""
+
+    def __init__(self, datastore: SQLiteDatastore, events_table_name: str = "stored_events") -> None:
+        self.chain_table_name = events_table_name + CHAIN_SUFFIX
+        super().__init__(datastore, events_table_name)
+
+    def construct_create_table_statements(self) -> list[str]:
+        statements = super().construct_create_table_statements()
+        chain = self.chain_table_name
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {chain} (position INTEGER PRIMARY KEY, event_id TEXT NOT NULL, "
+            "content_hash TEXT NOT NULL, chain_hash TEXT NOT NULL)"
+        )
+        for table in (self.events_table_name, chain):
+            for op in ("UPDATE", "DELETE"):
+                statements.append(
+                    f"CREATE TRIGGER IF NOT EXISTS {table}_refuse_{op.lower()} BEFORE {op} ON {table} "
+                    f"BEGIN SELECT RAISE(ABORT, '{REFUSED}'); END"
+                )
+        return statements
+
+    def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        ids = super()._insert_events(c, stored_events, **kwargs)
+        assert ids is not None
+        if not stored_events:
+            return ids
+        c.execute(f"SELECT chain_hash FROM {self.chain_table_name} ORDER BY position DESC LIMIT 1")
+        row = c.fetchone()
+        rows = chain_rows(row[0] if row else GENESIS, ids, stored_events)
+        c.executemany(f"INSERT INTO {self.chain_table_name} VALUES (?,?,?,?)", rows)
+        return ids
+
+
+class ChainedPostgresRecorder(PostgresApplicationRecorder):
+    """The library's PostgreSQL application recorder, plus the chain, append-only triggers
+    and the journal lock taken through the owner's SECURITY DEFINER function."""
+
+    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events") -> None:
+        super().__init__(datastore, events_table_name=events_table_name)
+        assert not datastore.enable_db_functions, "the chain is written by the pipelined insert path"
+        self.chain_table_name = events_table_name + CHAIN_SUFFIX
+        self.check_identifier_length(self.chain_table_name)
+        schema = Identifier(datastore.schema)
+        events = Identifier(events_table_name)
+        chain = Identifier(self.chain_table_name)
+        lock_fn = Identifier(f"{events_table_name}_lock")
+        refuse_fn = Identifier(f"{events_table_name}_refuse")
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {schema}.{chain} (position bigint PRIMARY KEY, event_id text NOT NULL, "
+                "content_hash char(64) NOT NULL, chain_hash char(64) NOT NULL)"
+            ).format(schema=schema, chain=chain)
+        )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE OR REPLACE FUNCTION {schema}.{lock_fn}() RETURNS void LANGUAGE plpgsql SECURITY DEFINER "
+                "SET search_path = pg_catalog AS $BODY$ BEGIN "
+                "LOCK TABLE {schema}.{events} IN EXCLUSIVE MODE; END; $BODY$"
+            ).format(schema=schema, lock_fn=lock_fn, events=events)
+        )
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE OR REPLACE FUNCTION {schema}.{refuse_fn}() RETURNS trigger LANGUAGE plpgsql AS $BODY$ BEGIN "
+                "RAISE EXCEPTION '%: % on %', {refused}, TG_OP, TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege'; "
+                "END; $BODY$"
+            ).format(schema=schema, refuse_fn=refuse_fn, refused=SQL("'" + REFUSED.replace("'", "''") + "'"))
+        )
+        for table in (events_table_name, self.chain_table_name):
+            for op, each in (("UPDATE", "ROW"), ("DELETE", "ROW"), ("TRUNCATE", "STATEMENT")):
+                self.sql_create_statements.append(self._trigger(schema, table, refuse_fn, op, each))
+        self.lock_table_statements = [
+            SQL("SET LOCAL lock_timeout = '{0}s'").format(datastore.lock_timeout),
+            SQL("SELECT {0}.{1}()").format(schema, lock_fn),
+        ]
+        self.select_previous_statement = SQL(
+            "SELECT chain_hash FROM {schema}.{chain} ORDER BY position DESC LIMIT 1"
+        ).format(schema=schema, chain=chain)
+        self.insert_chain_statement = SQL(
+            "INSERT INTO {schema}.{chain} (position, event_id, content_hash, chain_hash) "
+            "SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[])"
+        ).format(schema=schema, chain=chain)
+
+    @staticmethod
+    def _trigger(schema: Identifier, table: str, fn: Identifier, op: str, each: str) -> Composed:
+        name = Identifier(f"{table}_refuse_{op.lower()}")
+        return SQL(
+            "CREATE OR REPLACE TRIGGER {name} BEFORE {op} ON {schema}.{table} FOR EACH {each} "
+            "EXECUTE FUNCTION {schema}.{fn}()"
+        ).format(name=name, op=SQL(op), schema=schema, table=Identifier(table), each=SQL(each), fn=fn)
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        assert ids is not None
+        # Still inside the insert's transaction, under the journal's EXCLUSIVE lock: the last
+        # chain row is the previous entry's, and no other writer can chain in between.
+        with curs.connection.cursor() as c:
+            c.execute(self.select_previous_statement)
+            row = c.fetchone()
+            rows = chain_rows(row["chain_hash"] if row else GENESIS, ids, stored_events)
+            c.execute(self.insert_chain_statement, [list(col) for col in zip(*rows, strict=True)])
+        return ids
+
+
+RECORDER_TOPICS = {
+    "eventsourcing.sqlite": f"{__name__}:ChainedSQLiteRecorder",
+    "eventsourcing.postgres": f"{__name__}:ChainedPostgresRecorder",
+}
+"""`APPLICATION_RECORDER_TOPIC` of the journal, by persistence module."""
+
+
+# --------------------------------------------------------------------------- reading, checked
+
+
+class BrokenEntry(Exception):
+    """A journal entry does not match the chain written with it: altered, deleted or inserted
+    behind the ledger's back. Nothing derived may be built from it."""
+
+    def __init__(self, position: int, event_id: str, what: str) -> None:
+        self.position = position
+        self.event_id = event_id
+        self.what = what
+        super().__init__(f"journal position {position} ({event_id or 'unknown event'}): {what}")
+
+
+@dataclass(frozen=True)
+class ChainRow:
+    position: int
+    event_id: str
+    content_hash: str
+    chain_hash: str
+
+
+def chain_table_name(journal: Journal) -> str:
+    name: str = journal.recorder.chain_table_name  # type: ignore[attr-defined]
+    return name
+
+
+def read_chain(engine: Engine, table: str, after: int, last: int | None = None) -> list[ChainRow]:
+    """Chain rows with position in (after, last], in order; and the row at `after` first when
+    it exists (the previous link)."""
+    query = f"SELECT position, event_id, content_hash, chain_hash FROM {table} WHERE position >= :after"
+    params: dict[str, int] = {"after": after}
+    if last is not None:
+        query += " AND position <= :last"
+        params["last"] = last
+    with engine.connect() as conn:
+        rows = conn.execute(text(query + " ORDER BY position"), params).all()
+    return [ChainRow(int(p), e, h.strip(), c.strip()) for p, e, h, c in rows]
+
+
+def previous_link(engine: Engine, table: str, before: int) -> str:
+    """The chain hash of the last entry before position `before` (GENESIS when none)."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(f"SELECT chain_hash FROM {table} WHERE position < :b ORDER BY position DESC LIMIT 1"), {"b": before}
+        ).first()
+    return GENESIS if row is None else str(row[0]).strip()
+
+
+def digest_at(journal: Journal, engine: Engine, position: int) -> str:
+    """`position:chain_hash` of the entry at `position`, or of the last entry before it."""
+    table = chain_table_name(journal)
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(f"SELECT position, chain_hash FROM {table} WHERE position <= :p ORDER BY position DESC LIMIT 1"),
+            {"p": position},
+        ).first()
+    return f"0:{GENESIS}" if row is None else f"{int(row[0])}:{str(row[1]).strip()}"
+
+
+def checked_read(journal: Journal, engine: Engine, after: int, limit: int) -> list[tuple[int, LedgerEntry.Recorded]]:
+    """`Journal.read`, each entry checked against the chain written with it before it is
+    decoded: its content hash, its link to the previous entry, and no entry missing between
+    them. Raises `BrokenEntry` at the first that does not match."""
+    notifications = journal.recorder.select_notifications(after + 1, limit)
+    if not notifications:
+        return []
+    table = chain_table_name(journal)
+    chain = {r.position: r for r in read_chain(engine, table, after + 1, notifications[-1].id)}
+    previous = previous_link(engine, table, notifications[0].id)
+    out: list[tuple[int, LedgerEntry.Recorded]] = []
+    for n in notifications:
+        row = chain.pop(n.id, None)
+        eid = stored_event_id(n.state)
+        if row is None:
+            raise BrokenEntry(n.id, eid, "entry has no chain row: written behind the ledger's back")
+        missing = [p for p in chain if p < n.id]
+        if missing:
+            gone = chain[min(missing)]
+            raise BrokenEntry(gone.position, gone.event_id, "entry deleted: its chain row remains, the entry does not")
+        if content_hash(n.topic, n.state) != row.content_hash:
+            raise BrokenEntry(n.id, eid, "content differs from the hash chained when it was recorded")
+        if link(previous, row.content_hash) != row.chain_hash:
+            raise BrokenEntry(n.id, eid, "chain hash does not follow from the previous entry's")
+        previous = row.chain_hash
+        recorded = journal.mapper.to_domain_event(n)
+        assert isinstance(recorded, LedgerEntry.Recorded)
+        if recorded.event_id != row.event_id or recorded.originator_id != entry_id(recorded.event_id):
+            raise BrokenEntry(n.id, recorded.event_id, f"entry names event {recorded.event_id!r}, its chain row {row.event_id!r}")
+        out.append((n.id, recorded))
+    return out

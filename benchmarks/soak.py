@@ -192,7 +192,7 @@ def main() -> int:
             n = stored(engine)
             with publisher.lock:
                 delivered = dict(publisher.delivered)
-            current_lag = lag(admin, prefix, f"{prefix}.events", delivered)
+            current_lag = lag(admin, f"{prefix}.intake", f"{prefix}.events", delivered)  # streams/intake.py's group
             samples.append({"t_s": round(now - started, 1), "stored": n, "events_per_s": round((n - last_n) / (now - last_t), 1),
                             "lag": current_lag, "rss_mb": round(rss_mb(worker.pid), 1), "sent": publisher.sent})
             if not args.json:

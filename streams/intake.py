@@ -304,6 +304,7 @@ class EventsConsumer:
     async def run(self) -> None:
         from aiokafka import AIOKafkaConsumer
 
+        await self._blocking(self._store)  # the store's tables exist before the first record is read
         conf = self.app.conf
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap_servers, group_id=self.group,

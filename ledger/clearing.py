@@ -10,7 +10,7 @@ from __future__ import annotations
 import calendar
 import gc
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 from typing import Any, Iterable, Iterator
@@ -121,24 +121,21 @@ def _settle(events: Iterable[Any], pool: str, year: int, known_at: datetime) -> 
         else:
             live[cid] = s
             per_hospital[case.hospital_id] = per_hospital.get(case.hospital_id, 0) + 1
-    caps = _incentive_caps(live, hospitals, book, per_hospital)
-    used: dict[str, int] = {}
-    approved_in_order = sorted(
-        (s for s in live.values() if s.verdict is not None and s.verdict.payload.outcome is Outcome.INCENTIVE_APPROVED),
-        key=lambda s: (s.verdict.recorded_at, s.verdict.event_id),
-    )
+    approved: dict[str, list[Approved]] = {}
+    for s in live.values():
+        if s.verdict is not None and s.verdict.payload.outcome is Outcome.INCENTIVE_APPROVED:
+            approved.setdefault(s.case.hospital_id, []).append(approved_entry(s))
     over_cap: set[str] = set()
-    for s in approved_in_order:
-        hid = s.case.hospital_id
-        cap = caps.get(s.case_id)
-        if cap is None or used.get(hid, 0) >= cap:
-            over_cap.add(s.case_id)
-        else:
-            used[hid] = used.get(hid, 0) + 1
+    hospital_caps: dict[str, int] = {}
+    for hid, entries in approved.items():
+        beyond, cap = incentive_over_cap(entries, per_hospital[hid], hospitals[hid], book)
+        over_cap |= beyond
+        if cap is not None:
+            hospital_caps[hid] = cap
 
     settled: dict[str, SettledCase] = {}
     for cid, s in live.items():
-        settled[cid] = _settle_case(s, hospitals[s.case.hospital_id], book, cid in over_cap)
+        settled[cid] = settle_case(s, hospitals[s.case.hospital_id], book, cid in over_cap)
 
     budget = None
     prepayments: list[PrepaymentMade] = []
@@ -153,35 +150,61 @@ def _settle(events: Iterable[Any], pool: str, year: int, known_at: datetime) -> 
         elif isinstance(p, ClearingCompleted) and p.pool == pool and p.year == year:
             clearings.append(e)
     clearings.sort(key=lambda e: (e.recorded_at, e.event_id))
-    hospital_caps = {live[cid].case.hospital_id: cap for cid, cap in caps.items()}
     return PoolYear(pool, year, known_at, book, hospitals, settled, withdrawn, budget, prepayments, clearings, hospital_caps)
 
 
-def _incentive_caps(
-    live: dict[str, CaseState], hospitals: dict[str, HospitalRegistered], book: PolicyBook, per_hospital: dict[str, int]
-) -> dict[str, int]:
-    """Per incentive-approved case: its hospital's yearly cap, or absent when the rule is not in force.
+Approved = tuple[datetime, str, str, date]
+"""An incentive approval in force: (verdict recorded_at, verdict event_id, case_id, discharge date)."""
 
-    seed 001 二(二): at most 6‰ (level 3) / 4‰ (levels 2, 1) of the hospital's DRG cases;
-    rounded down (RULES.md 3). A null cap means the rule is not in force (EVENTS.md).
+
+def approved_entry(state: CaseState) -> Approved:
+    """The approval of a case whose verdict in force is `incentive_approved`."""
+    assert state.verdict is not None
+    return (state.verdict.recorded_at, state.verdict.event_id, state.case_id, state.case.discharge_date)
+
+
+def incentive_cap(live_cases: int, hospital: HospitalRegistered, book: PolicyBook, discharge: date) -> int | None:
+    """A hospital's yearly incentive cap for a case discharged on `discharge`, or None when the
+    rule is not in force (a null per-mille table or grade, EVENTS.md).
+
+    seed 001 二(二): at most 6‰ (level 3) / 4‰ (levels 2, 1) of the hospital's DRG cases of
+    the year (`live_cases`); rounded down (RULES.md 3).
     """
-    caps: dict[str, int] = {}
-    for cid, s in live.items():
-        if s.verdict is None or s.verdict.payload.outcome is not Outcome.INCENTIVE_APPROVED:
-            continue
-        hospital = hospitals[s.case.hospital_id]
-        per_mille_table = book.case_rules(s.case.discharge_date).value.incentive_cap_per_mille
-        if per_mille_table is None:
-            continue
-        per_mille = per_mille_table.get(hospital.grade.level)  # type: ignore[call-overload]
-        if per_mille is None:
-            continue
-        n = per_hospital[s.case.hospital_id]
-        caps[cid] = int((Decimal(n) * per_mille / 1000).to_integral_value(rounding=ROUND_FLOOR))
-    return caps
+    per_mille_table = book.case_rules(discharge).value.incentive_cap_per_mille
+    if per_mille_table is None:
+        return None
+    per_mille = per_mille_table.get(hospital.grade.level)  # type: ignore[call-overload]
+    if per_mille is None:
+        return None
+    return int((Decimal(live_cases) * per_mille / 1000).to_integral_value(rounding=ROUND_FLOOR))
 
 
-def _settle_case(state: CaseState, hospital: HospitalRegistered, book: PolicyBook, over_cap: bool) -> SettledCase:
+def incentive_over_cap(
+    approved: Iterable[Approved], live_cases: int, hospital: HospitalRegistered, book: PolicyBook
+) -> tuple[set[str], int | None]:
+    """The approved cases of one hospital-year paid as ordinary cases, and the last cap seen.
+
+    seed 001 二(二): approvals beyond the cap, in order of the verdicts' recorded_at (ties by
+    event id), are paid as ordinary cases; where the rule is not in force, every approval is.
+    Raises `PolicyMissing` when a case's discharge date has no case rules.
+    """
+    used = 0
+    beyond: set[str] = set()
+    last: int | None = None
+    for _, _, case_id, discharge in sorted(approved):
+        cap = incentive_cap(live_cases, hospital, book, discharge)
+        if cap is not None:
+            last = cap
+        if cap is None or used >= cap:
+            beyond.add(case_id)
+        else:
+            used += 1
+    return beyond, last
+
+
+def settle_case(state: CaseState, hospital: HospitalRegistered, book: PolicyBook, over_cap: bool) -> SettledCase:
+    """One live case's points after its verdict (RULES.md 3, 4); `over_cap`: an incentive
+    approval beyond its hospital's cap, paid as an ordinary case (seed 001 二(二))."""
     verdict = state.verdict.payload if state.verdict is not None else None
     approval: Approval | None = None
     if verdict is not None and verdict.outcome is Outcome.SPECIAL_REVIEW_APPROVED:
@@ -360,7 +383,7 @@ def clearing_of(
 ) -> Clearing:
     """A clearing from each registered hospital's sums (RULES.md 5): TP, PV, then every line.
 
-    Shared by `clearing` (sums folded from events) and the warm projection (sums from SQL).
+    Called by `clearing_from_sums` only.
     """
     total = ZERO
     personal = ZERO
@@ -373,15 +396,23 @@ def clearing_of(
 
 
 def clearing(py: PoolYear) -> Clearing:
-    """Year-end clearing (RULES.md 5): point value, then each hospital's fund due and clearing amount.
+    """Year-end clearing (RULES.md 5) of the cases settled in `py`."""
+    return clearing_from_sums(py, case_sums(py))
 
-    `clearing_rules` is the version in force on 31 December of the year.
+
+def clearing_from_sums(py: PoolYear, sums: dict[str, CaseSums]) -> Clearing:
+    """Year-end clearing (RULES.md 5) from each registered hospital's case sums: point value,
+    then each hospital's fund due and clearing amount, less the year's prepayments.
+
+    `py` gives the hospitals, policy, budget and prepayments (its cases are not read), so the
+    case-points projection passes sums from SQL. `clearing_rules` is the version in force on
+    31 December of the year.
     """
     if py.budget is None:
         raise ClearingError(f"no BudgetSet for pool {py.pool} year {py.year} recorded by {py.known_at.isoformat()}")
     inside = py.book.clearing_rules(date(py.year, 12, 31)).value.personal_paid_in_point_value
-    sums = add_prepaid(py, case_sums(py))
-    return clearing_of(py.pool, py.year, py.known_at, py.budget.payload.amount, inside, sums)
+    full = {h: sums.get(h, CaseSums()) for h in py.hospitals}
+    return clearing_of(py.pool, py.year, py.known_at, py.budget.payload.amount, inside, add_prepaid(py, full))
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,17 +451,17 @@ def balance(py: PoolYear, hospital_id: str, as_of: date) -> Balance:
     the provisional value of the window with the budget pro-rated by days (月度预结算).
     """
     window = case_sums(py, as_of)
-    return balance_of(py, hospital_id, as_of, window.get(hospital_id, CaseSums()), window.values())
+    return balance_from_sums(py, hospital_id, as_of, window.get(hospital_id, CaseSums()), window.values())
 
 
-def balance_of(
+def balance_from_sums(
     py: PoolYear, hospital_id: str, as_of: date, own: CaseSums, window: Iterable[CaseSums]
 ) -> Balance:
     """RULES.md 6 from sums: `own` are the hospital's case sums to `as_of`, `window` the pool's.
 
     `py` gives the hospitals, policy, budget, prepayments and recorded clearings (its cases
-    are not read), so the warm projection passes a PoolYear settled from pool events only
-    and sums from SQL; `window` is only read when no clearing is recorded.
+    are not read), so the case-points projection passes a PoolYear settled from pool events
+    only and sums from SQL; `window` is only read when no clearing is recorded.
     """
     if hospital_id not in py.hospitals:
         raise ClearingError(f"hospital {hospital_id} is not registered in pool {py.pool} as known at {py.known_at.isoformat()}")
@@ -450,6 +481,6 @@ def balance_of(
             total += s.settled - s.deducted
             personal += s.personal_paid
         pv, kind = point_value(window_budget, total, personal, inside), "provisional"
-    mine = add_prepaid(py, {hospital_id: CaseSums(own.settled, own.deducted, own.personal_paid, ZERO, own.cases)}, as_of)
+    mine = add_prepaid(py, {hospital_id: replace(own, prepaid=ZERO)}, as_of)
     line = hospital_line(hospital_id, mine[hospital_id], pv, inside)
     return Balance(hospital_id, py.pool, as_of, py.known_at, pv, kind, line, window_budget)

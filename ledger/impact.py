@@ -1,4 +1,4 @@
-"""What an event can change: the one impact rule (seals today, projections and totals to come).
+"""What an event can change: the one impact rule (seals, penalty derivation, the case-points projection).
 
 `impact(event)` names the pool-years an event can move, narrowed where the event says so:
 - a case event (submission, withdrawal, verdict, penalty) its case: the pool-years are those
@@ -50,6 +50,16 @@ class Impact:
         if self.pool is not None and self.pool != pool:
             return False
         return self.years is None or year in self.years
+
+    def touches_case(self, pool: str, year: int, hospital_id: str, drg_code: str) -> bool:
+        """Whether the event can change the points of a case of `hospital_id` in DRG group
+        `drg_code` discharged in `year` of `pool` (narrowed as the event says)."""
+        return (
+            self.points
+            and self.touches(pool, year)
+            and (self.hospital_id is None or self.hospital_id == hospital_id)
+            and (self.drg_code is None or self.drg_code == drg_code)
+        )
 
 
 NO_IMPACT = Impact()

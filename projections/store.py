@@ -375,6 +375,9 @@ class LedgerStore:
         self._engine = _engine(database_url)
         self._position = -1  # forces loading the hospital pools on the first sync
         self._pools: dict[str, str] = {}
+        from projections.case_versions import Projector
+
+        self._projector = Projector()
         try:
             # Our tables first: on a new SQLite file this also switches it to WAL, which the
             # journal's own connections would otherwise race to do.
@@ -387,16 +390,19 @@ class LedgerStore:
                 self._journal = _creating(lambda: Journal(env=env))
             if heal:
                 self.sync_index()
+                self.catch_up_projection()
                 self.complete_derivations()
         except BaseException:
             self.close()
             raise
 
     def _create_tables(self) -> None:
+        from projections import case_versions  # its table is on this metadata
+
         metadata.create_all(self._engine)
         with self._engine.begin() as conn:
             t = tracking_table
-            for name in (_INDEX, _PENALTIES):
+            for name in (_INDEX, _PENALTIES, case_versions.NAME):
                 if conn.execute(select(t.c.name).where(t.c.name == name)).first() is None:
                     conn.execute(insert(t).values(name=name, notification_id=0))
 
@@ -1005,6 +1011,13 @@ class LedgerStore:
         """Applies the journal entries the index has not seen yet; returns how many."""
         return self._sync([])
 
+    def catch_up_projection(self) -> int:
+        """Brings the case-points projection up to the index (after a crash, or on a store
+        that predates it); returns how many index rows it applied."""
+        from projections.case_versions import catch_up
+
+        return catch_up(self, self._projector)
+
     def checked_read(self, after: int, limit: int) -> list[tuple[int, LedgerEntry.Recorded]]:
         """`Journal.read`, every entry checked against the hash chain first (raises `BrokenEntry`)."""
         return checked_read(self._journal, self._engine, after, limit)
@@ -1024,9 +1037,13 @@ class LedgerStore:
         """Empties the index and rebuilds it from the journal alone; returns its rows.
 
         The whole journal is checked against its hash chain first: a broken entry raises
-        `BrokenEntry` and the index is left as it was; nothing altered is ever copied."""
+        `BrokenEntry` and the index is left as it was; nothing altered is ever copied. The
+        case-points projection is rebuilt with it."""
+        from projections import case_versions
+
         self.check_chain()
         with self._engine.begin() as conn:
+            case_versions.clear_rows(conn)
             conn.execute(delete(index_table))
             conn.execute(delete(consumed_offsets_table).where(consumed_offsets_table.c.fate == "accepted"))
             conn.execute(update(tracking_table).where(tracking_table.c.name == _INDEX).values(notification_id=0))
@@ -1142,14 +1159,16 @@ class LedgerStore:
         `fresh` are entries this store just journalled, with their notification ids: when
         they follow the index position directly their rows are built without reading them
         back. The tracking row moves in the same transaction as the rows, guarded by its
-        old value, so concurrent catch-ups never apply an entry twice.
+        old value, so concurrent catch-ups never apply an entry twice; the case-points
+        projection (projections/case_versions.py) moves in that transaction too.
         """
+        from projections import case_versions
         applied = 0
         while True:
             with self._engine.connect() as conn:
                 position = self._tracked(conn)
                 if position != self._position:
-                    self._pools = self._registered_pools(conn)
+                    self._pools = self.registered_pools(conn)
                     self._position = position
             fresh = [(nid, e) for nid, e in fresh if nid > position]
             if fresh and fresh[0][0] == position + 1 and fresh[-1][0] == position + len(fresh):
@@ -1178,6 +1197,9 @@ class LedgerStore:
                     conn.execute(insert(index_table), rows)
                     # The fate of each consumed record, with its entry's index row.
                     _consume(conn, [o for *_, o in batch if o], "accepted")
+                    # The case-points projection moves with the index, when it was at its position.
+                    if case_versions.move(conn, position, rows[-1]["seq"]):
+                        self._projector.apply(conn, [(nid, ev) for nid, ev, *_ in batch], pools)
             except _IndexMoved:
                 self._position = -1
                 continue
@@ -1197,7 +1219,7 @@ class LedgerStore:
             return self._tracked(conn)
 
     @staticmethod
-    def _registered_pools(conn: Connection) -> dict[str, str]:
+    def registered_pools(conn: Connection) -> dict[str, str]:
         t = index_table
         rows = conn.execute(
             select(t.c.hospital_id, t.c.pool).where(t.c.event_type == "HospitalRegistered").order_by(t.c.seq)

@@ -1,0 +1,170 @@
+"""A case's settled figures over recorded time: what the ledger held for it, and from when.
+
+Bitemporal (the XTDB model, issue 11): valid time is the discharge date, transaction time is
+`recorded_at`. As known at T a case's figures depend on its own events recorded by T, on its
+pool's policy versions, coefficient changes and its hospital's registration recorded by T
+(RULES.md 2), and — for an incentive approval — on whether it is beyond its hospital's cap at
+T (seed 001 二(二)), which depends on the hospital's other cases and which the caller gives.
+
+`case_timeline` lists the moments from `start` at which the figures change, each with the
+figures held from then on (None: not a live case of a pool then); `PoolHistory` resolves a
+pool's policy book and registry at any moment. Both are folds of `ledger.cases`,
+`ledger.policy` and `ledger.clearing.settle_case`: the rules are said once, there.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from ledger.cases import CaseState, case_states, known, registry
+from ledger.clearing import approved_entry, settle_case
+from ledger.events import HospitalRegistered, Outcome
+from ledger.impact import Impact, impact
+from ledger.policy import PolicyBook
+
+POOL_HISTORY_TYPES = ("HospitalRegistered", "PolicyVersionPublished", "CoefficientChanged")
+"""The pool events that can change a case's points (RULES.md 1-3); budgets, prepayments and
+clearings move money only, at query time."""
+
+
+@dataclass(frozen=True, slots=True)
+class CaseFigures:
+    """A live case's settled figures as the ledger held them (RULES.md 3, 4).
+
+    `deducted` None: no penalty (a clearing's deducted sum is then the exact zero it adds).
+    `approved`: the incentive approval in force, (verdict recorded_at, event_id), which orders
+    approvals against the cap; `over_cap` the cap's answer used (None: the cap could not be
+    computed, `error` says why). `error`: the case cannot be settled as known then
+    (`PolicyMissing`): a clearing over it fails with this message, as the cold replay does.
+    """
+
+    pool: str
+    year: int
+    hospital_id: str
+    drg_code: str
+    discharge_date: date
+    settled: Decimal
+    deducted: Decimal | None
+    personal_paid: Decimal
+    approved: tuple[datetime, str] | None = None
+    over_cap: bool | None = False
+    error: str | None = None
+
+
+class PoolHistory:
+    """One pool's registrations, policy versions and coefficient changes, resolved at any moment."""
+
+    def __init__(self, pool: str, events: Iterable[Any]) -> None:
+        self.pool = pool
+        self.events = sorted((e for e in events if e.event_type in POOL_HISTORY_TYPES), key=lambda e: e.recorded_at)
+        self.moments: list[datetime] = sorted({e.recorded_at for e in self.events})
+        self.at_moment: dict[datetime, list[tuple[Any, Impact]]] = {}
+        for e in self.events:
+            self.at_moment.setdefault(e.recorded_at, []).append((e, impact(e)))
+        self._resolved: dict[int, tuple[PolicyBook, dict[str, HospitalRegistered]]] = {}
+
+    def at(self, moment: datetime) -> tuple[PolicyBook, dict[str, HospitalRegistered]]:
+        """The policy book and the pool's registered hospitals as known at `moment`."""
+        i = bisect_right(self.moments, moment)
+        found = self._resolved.get(i)
+        if found is None:
+            cut = self.moments[i - 1] if i else None
+            seen = known(self.events, cut) if cut is not None else []
+            hospitals = {h: r for h, r in registry(seen).items() if r.pool == self.pool}
+            found = (PolicyBook.from_events(self.pool, seen, cut or datetime.min), hospitals)
+            self._resolved[i] = found
+        return found
+
+    def after(self, moment: datetime) -> list[datetime]:
+        """The moments after `moment` at which something of the pool became known."""
+        return self.moments[bisect_right(self.moments, moment):]
+
+    def touches(self, moment: datetime, figures: CaseFigures | None) -> bool:
+        """Whether an event of the pool recorded at `moment` can change a case now held as
+        `figures` (`ledger.impact`, narrowed to its hospital and DRG group); a case not live
+        (None) only by a registration, which may be its hospital's first."""
+        found = self.at_moment.get(moment, ())
+        if figures is None:
+            return any(e.event_type == "HospitalRegistered" for e, _ in found)
+        return any(effect.touches_case(figures.pool, figures.year, figures.hospital_id, figures.drg_code)
+                   for _, effect in found)
+
+
+OverCap = Callable[[datetime], "bool | str"]
+"""Whether an incentive-approved case is beyond its hospital's cap at a moment (seed 001 二(二)),
+or the message of why that cannot be said."""
+
+
+def not_over_cap(_: datetime) -> bool:
+    return False
+
+
+def figures_at(
+    case_events: list[Any], pool: PoolHistory, moment: datetime, over_cap: OverCap = not_over_cap
+) -> CaseFigures | None:
+    """The case's figures as known at `moment`, or None when it is not then a live case of
+    the pool (not yet submitted, withdrawn, or its hospital not yet registered)."""
+    states = case_states(known(case_events, moment))
+    if not states:
+        return None
+    (state,) = states.values()
+    if state.withdrawn:
+        return None
+    book, hospitals = pool.at(moment)
+    case = state.case
+    hospital = hospitals.get(case.hospital_id)
+    if hospital is None:
+        return None
+    approved = _approval(state)
+    beyond: bool | str = over_cap(moment) if approved is not None else False
+    base = dict(pool=pool.pool, year=case.discharge_date.year, hospital_id=case.hospital_id, drg_code=case.drg_code,
+                discharge_date=case.discharge_date, personal_paid=case.personal_paid, approved=approved)
+    if isinstance(beyond, str):
+        return CaseFigures(settled=Decimal(0), deducted=None, over_cap=None, error=beyond, **base)
+    try:
+        sc = settle_case(state, hospital, book, beyond)
+    except LookupError as exc:  # PolicyMissing: the clearing fails as the replay's does
+        return CaseFigures(settled=Decimal(0), deducted=None, over_cap=beyond, error=str(exc), **base)
+    deducted = sc.deducted if sc.penalty is not None else None
+    return CaseFigures(settled=sc.settled, deducted=deducted, over_cap=beyond, **base)
+
+
+def _approval(state: CaseState) -> tuple[datetime, str] | None:
+    v = state.verdict
+    if v is None or v.payload.outcome is not Outcome.INCENTIVE_APPROVED:
+        return None
+    at, event_id, *_ = approved_entry(state)
+    return at, event_id
+
+
+def case_timeline(
+    case_events: list[Any],
+    pool: PoolHistory,
+    start: datetime,
+    over_cap: OverCap = not_over_cap,
+    flips: Iterable[datetime] = (),
+) -> list[tuple[datetime, CaseFigures | None]]:
+    """The case's figures from `start` on: `[(moment, figures)]`, the first at `start`, then
+    one at each later moment they change. `flips`: moments at which `over_cap` may change.
+
+    Moments looked at: `start`, each later recording of one of the case's events, of a pool
+    event whose impact reaches the case as then held, and `flips`; only those can change it.
+    """
+    own = {e.recorded_at for e in case_events if e.recorded_at > start}
+    flip_set = {m for m in flips if m > start}
+    candidates = sorted(own | flip_set | set(pool.after(start)))
+    current = figures_at(case_events, pool, start, over_cap)
+    out: list[tuple[datetime, CaseFigures | None]] = [(start, current)]
+    for m in candidates:
+        if m not in own and m not in flip_set and not pool.touches(m, current):
+            continue
+        new = figures_at(case_events, pool, m, over_cap)
+        if new != current:
+            out.append((m, new))
+            current = new
+    return out

@@ -1,0 +1,580 @@
+"""The case-points projection: every version of every case's settled figures, bitemporal.
+
+One row per version of a case (`ledger.versions`): its figures and the recorded-time interval
+`[known_from, known_until)` in which the ledger held them (valid time is the discharge date).
+A clearing, balance or running total as known at T is one aggregate over the rows live at T,
+turned into money by `ledger.clearing.clearing_from_sums` / `balance_from_sums`.
+
+The store maintains it inside the transaction that writes the index rows (`apply`, called by
+`LedgerStore._sync`), tracked by journal position (tracking row `case_versions`), so it is
+never behind the index; a store opened with the projection behind (a new table, an older
+store) catches it up from the index (`catch_up`), and `rebuild` builds it again from there.
+
+An event recorded at R can change only what `ledger.impact` names: its case (an event of a
+case), or the cases of the pool-years its validity touches, narrowed to the hospital or DRG
+group it names (a policy version, a coefficient change, a registration). Each such case's
+versions from R on are recomputed from its events and the pool's history; versions before R
+stay, since nothing recorded before R changed. The incentive cap (seed 001 二(二)) makes an
+approved case depend on its hospital's other cases: after the cases, the approved cases of
+every hospital-year touched are checked against the cap at each moment from R on (the count
+of live cases is read from the rows themselves) and recomputed where their cap answer moved.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.engine import Connection
+
+from ledger.clearing import CaseSums, ClearingError, incentive_over_cap
+from ledger.impact import impact
+from ledger.policy import PolicyMissing
+from ledger.versions import POOL_HISTORY_TYPES, CaseFigures, PoolHistory, case_timeline
+from projections.store import UtcDateTime, _parse_stored, index_table, metadata, tracking_table
+
+if TYPE_CHECKING:
+    from projections.store import LedgerStore
+
+NAME = "case_versions"
+"""The table, and its tracking row (the journal position it has applied)."""
+CASE_EVENTS = ("CaseSubmitted", "CaseWithdrawn", "ReviewVerdictRecorded")
+"""The events of a case its figures are folded from (a PenaltyImposed is recomputed from its
+verdict, RULES.md 4)."""
+POINTS_SCALE, MONEY_SCALE = 4, 2
+"""Points are held to 4 places (RULES.md preamble), money to 2 (EVENTS.md limits): stored as
+exact integers of those units, so sums are exact and fast on both databases."""
+_IN = 900
+_PAGE = 20_000
+
+table = Table(
+    NAME,
+    metadata,
+    Column("case_id", String(200), primary_key=True),
+    Column("known_from", UtcDateTime(), primary_key=True),
+    Column("known_until", UtcDateTime(), comment="None: still held"),
+    Column("pool", String(200), nullable=False),
+    Column("year", Integer, nullable=False),
+    Column("hospital_id", String(200), nullable=False),
+    Column("drg_code", String(200), nullable=False),
+    Column("discharge_date", Date, nullable=False),
+    Column("settled", BigInteger, nullable=False, comment="points x 10^4"),
+    Column("deducted", BigInteger, comment="points x 10^4; None: no penalty"),
+    Column("personal_paid", BigInteger, nullable=False, comment="yuan x 10^2"),
+    Column("approved_at", UtcDateTime(), comment="incentive approval in force: its verdict's recorded_at"),
+    Column("approved_id", String(200)),
+    Column("over_cap", Boolean),
+    Column("error", Text, comment="why the case cannot be settled as known then"),
+    Index(f"ix_{NAME}_pool_year_hospital", "pool", "year", "hospital_id"),
+)
+
+
+def _units(x: Decimal, scale: int) -> int:
+    n = x.scaleb(scale)
+    assert n == n.to_integral_value(), x
+    return int(n)
+
+
+def _decimal(n: int, scale: int) -> Decimal:
+    return Decimal(n).scaleb(-scale)
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    case_id: str
+    known_from: datetime
+    known_until: datetime | None
+    figures: CaseFigures
+
+    def values(self) -> dict[str, Any]:
+        f = self.figures
+        return {
+            "case_id": self.case_id, "known_from": self.known_from, "known_until": self.known_until,
+            "pool": f.pool, "year": f.year, "hospital_id": f.hospital_id, "drg_code": f.drg_code,
+            "discharge_date": f.discharge_date, "settled": _units(f.settled, POINTS_SCALE),
+            "deducted": None if f.deducted is None else _units(f.deducted, POINTS_SCALE),
+            "personal_paid": _units(f.personal_paid, MONEY_SCALE),
+            "approved_at": f.approved[0] if f.approved else None, "approved_id": f.approved[1] if f.approved else None,
+            "over_cap": f.over_cap, "error": f.error,
+        }
+
+    @classmethod
+    def of(cls, r: Any) -> Row:
+        figures = CaseFigures(
+            r.pool, r.year, r.hospital_id, r.drg_code, r.discharge_date, _decimal(r.settled, POINTS_SCALE),
+            None if r.deducted is None else _decimal(r.deducted, POINTS_SCALE), _decimal(r.personal_paid, MONEY_SCALE),
+            (r.approved_at, r.approved_id) if r.approved_at is not None else None, r.over_cap, r.error,
+        )
+        return cls(r.case_id, r.known_from, r.known_until, figures)
+
+
+def rows_from(
+    case_id: str, start: datetime, held: list[Row], timeline: list[tuple[datetime, CaseFigures | None]]
+) -> list[Row]:
+    """The case's rows from `start` on: `held` are its rows still held at or after `start`
+    and the one held just before it, which is cut at `start`, or extended when nothing changed."""
+    out: list[Row] = []
+    before = [r for r in held if r.known_from < start]
+    segments = [(m, timeline[i + 1][0] if i + 1 < len(timeline) else None, f) for i, (m, f) in enumerate(timeline)]
+    if before:
+        (prev,) = before
+        if segments and segments[0][2] == prev.figures:
+            segments[0] = (prev.known_from, segments[0][1], prev.figures)
+        else:
+            out.append(Row(case_id, prev.known_from, start, prev.figures))
+    out.extend(Row(case_id, a, b, f) for a, b, f in segments if f is not None)
+    return out
+
+
+# --------------------------------------------------------------------------- maintenance
+
+
+class Projector:
+    """Keeps the projection up to date; one per store (it caches each pool's history)."""
+
+    def __init__(self) -> None:
+        self._histories: dict[str, tuple[tuple[int, int], PoolHistory]] = {}
+        self._checked: set[str] = set()  # pools whose cached history was checked in this apply
+
+    def history(self, conn: Connection, pool: str) -> PoolHistory:
+        """The pool's history as the index holds it (cached while no pool event is added)."""
+        cached = self._histories.get(pool)
+        if cached is not None and pool in self._checked:
+            return cached[1]
+        self._checked.add(pool)
+        t = index_table
+        where = and_(t.c.pool == pool, t.c.event_type.in_(POOL_HISTORY_TYPES))
+        key = tuple(conn.execute(select(func.count(), func.coalesce(func.max(t.c.seq), 0)).where(where)).one())
+        cached = self._histories.get(pool)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        events = [_parse_stored(et, b) for et, b in conn.execute(select(t.c.event_type, t.c.body).where(where))]
+        found = PoolHistory(pool, events)
+        self._histories[pool] = (key, found)  # type: ignore[assignment]
+        return found
+
+    def apply(self, conn: Connection, batch: Sequence[tuple[int, Any]], pools: dict[str, str]) -> int:
+        """Brings the rows up to date with `batch` (journal position, event), just indexed in
+        this transaction. `pools`: hospital -> pool. Returns how many cases were recomputed."""
+        self._checked.clear()
+        starts: dict[str, datetime] = {}
+        for _, ev in batch:
+            effect = impact(ev)
+            if effect.case_id is not None:
+                if ev.event_type in CASE_EVENTS:
+                    _earliest(starts, effect.case_id, ev.recorded_at)
+            elif ev.event_type in POOL_HISTORY_TYPES and effect.points and not effect.changes_nothing:
+                for case_id in _cases_reached(conn, effect, ev.recorded_at):
+                    _earliest(starts, case_id, ev.recorded_at)
+        if not starts:
+            return 0
+        known = {seq: ev for seq, ev in batch}
+        events = _case_events(conn, list(starts), known)
+        touched = self._recompute(conn, starts, events, pools)
+        self._check_caps(conn, touched, events, pools)
+        return len(starts)
+
+    def _recompute(
+        self,
+        conn: Connection,
+        starts: dict[str, datetime],
+        events: dict[str, list[Any]],
+        pools: dict[str, str],
+        caps: dict[str, tuple[list[datetime], list[bool | str]]] | None = None,
+    ) -> dict[tuple[str, int, str], datetime]:
+        """Recomputes each case's rows from its start; returns the hospital-years touched,
+        each with the earliest start."""
+        held = _held(conn, starts)
+        touched: dict[tuple[str, int, str], datetime] = {}
+        deletes: list[tuple[str, datetime]] = []
+        inserts: list[dict[str, Any]] = []
+        for case_id, start in starts.items():
+            evs = events.get(case_id, [])
+            hospital = _hospital_of(evs)
+            old = held.get(case_id, [])
+            new: list[Row] = []
+            pool = pools.get(hospital) if hospital is not None else None
+            if pool is not None:
+                over_cap, flips = _cap_function(caps.get(case_id) if caps else None)
+                timeline = case_timeline(evs, self.history(conn, pool), start, over_cap, flips)
+                new = rows_from(case_id, start, old, timeline)
+            kept = set(old) & set(new)
+            deletes.extend((r.case_id, r.known_from) for r in old if r not in kept)
+            inserts.extend(r.values() for r in new if r not in kept)
+            for r in (*old, *new):
+                _earliest(touched, (r.figures.pool, r.figures.year, r.figures.hospital_id), start)
+        for i in range(0, len(deletes), _IN):
+            conn.execute(delete(table).where(tuple_(table.c.case_id, table.c.known_from).in_(deletes[i : i + _IN])))
+        if inserts:
+            conn.execute(insert(table), inserts)
+        return touched
+
+    def _check_caps(
+        self,
+        conn: Connection,
+        touched: dict[tuple[str, int, str], datetime],
+        events: dict[str, list[Any]],
+        pools: dict[str, str],
+    ) -> None:
+        """Recomputes the approved cases whose cap answer (seed 001 二(二)) is not the one their
+        rows were priced with, at some moment from the hospital-year's earliest start on."""
+        if not touched:
+            return
+        start = min(touched.values())
+        t = table
+        keys = list(touched)
+        approved: dict[tuple[str, int, str], list[Row]] = defaultdict(list)
+        for i in range(0, len(keys), _IN):
+            rows = conn.execute(
+                select(t).where(
+                    tuple_(t.c.pool, t.c.year, t.c.hospital_id).in_(keys[i : i + _IN]),
+                    t.c.approved_at.is_not(None),
+                    or_(t.c.known_until.is_(None), t.c.known_until > start),
+                )
+            )
+            for r in rows:
+                approved[(r.pool, r.year, r.hospital_id)].append(Row.of(r))
+        if not approved:
+            return
+        wanted = list(approved)
+        live_at_start: dict[tuple[str, int, str], int] = defaultdict(int)
+        deltas: dict[tuple[str, int, str], list[tuple[datetime, int]]] = defaultdict(list)
+        for i in range(0, len(wanted), _IN):
+            chunk = tuple_(t.c.pool, t.c.year, t.c.hospital_id).in_(wanted[i : i + _IN])
+            counted = conn.execute(
+                select(t.c.pool, t.c.year, t.c.hospital_id, func.count())
+                .where(chunk, t.c.known_from <= start, or_(t.c.known_until.is_(None), t.c.known_until > start))
+                .group_by(t.c.pool, t.c.year, t.c.hospital_id)
+            )
+            for pool, year, hospital_id, n in counted:
+                live_at_start[(pool, year, hospital_id)] = n
+            moving = conn.execute(
+                select(t.c.pool, t.c.year, t.c.hospital_id, t.c.known_from, t.c.known_until)
+                .where(chunk, or_(t.c.known_from > start, t.c.known_until > start))
+            )
+            for pool, year, hospital_id, kf, ku in moving:
+                if kf > start:
+                    deltas[(pool, year, hospital_id)].append((kf, 1))
+                if ku is not None and ku > start:
+                    deltas[(pool, year, hospital_id)].append((ku, -1))
+        redo: dict[str, datetime] = {}
+        answers: dict[str, tuple[list[datetime], list[bool | str]]] = {}
+        for key, rows in approved.items():
+            pool, year, hospital_id = key
+            history = self.history(conn, pool)
+            moments = sorted({start, *(m for m, _ in deltas[key]), *history.after(start)})
+            change = defaultdict(int)
+            for m, d in deltas[key]:
+                change[m] += d
+            n = live_at_start[key]
+            by_case: dict[str, list[bool | str]] = defaultdict(list)
+            for m in moments:
+                if m > start:
+                    n += change.get(m, 0)
+                live = [r for r in rows if r.known_from <= m and (r.known_until is None or r.known_until > m)]
+                book, hospitals = history.at(m)
+                hospital = hospitals.get(hospital_id)
+                entries = [(*r.figures.approved, r.case_id, r.figures.discharge_date) for r in live]  # type: ignore[misc]
+                answer: dict[str, bool | str] = {}
+                if hospital is not None and entries:
+                    try:
+                        beyond, _ = incentive_over_cap(entries, n, hospital, book)
+                        answer = {r.case_id: r.case_id in beyond for r in live}
+                    except PolicyMissing as exc:
+                        answer = {r.case_id: str(exc) for r in live}
+                for r in live:
+                    want = answer.get(r.case_id, False)
+                    got: bool | str = r.figures.error if r.figures.over_cap is None and r.figures.error else bool(r.figures.over_cap)
+                    if want != got:
+                        _earliest(redo, r.case_id, max(m, start))
+                for case_id in {r.case_id for r in rows}:
+                    by_case[case_id].append(answer.get(case_id, False))
+            for case_id, values in by_case.items():
+                answers[case_id] = (moments, values)
+        if not redo:
+            return
+        missing = [c for c in redo if c not in events]
+        if missing:
+            events.update(_case_events(conn, missing, {}))
+        self._recompute(conn, redo, events, pools, answers)
+
+
+def _earliest(d: dict[Any, datetime], key: Any, moment: datetime) -> None:
+    if key not in d or moment < d[key]:
+        d[key] = moment
+
+
+def _cap_function(answers: tuple[list[datetime], list[bool | str]] | None) -> tuple[Any, list[datetime]]:
+    if answers is None:
+        return (lambda _m: False), []
+    moments, values = answers
+
+    def over_cap(m: datetime) -> bool | str:
+        i = bisect_right(moments, m)
+        return values[i - 1] if i else False
+
+    return over_cap, moments
+
+
+def _hospital_of(events: list[Any]) -> str | None:
+    subs = [e for e in events if e.event_type == "CaseSubmitted"]
+    if not subs:
+        return None
+    return str(max(subs, key=lambda e: (e.payload.revision, e.recorded_at, e.event_id)).payload.hospital_id)
+
+
+def _cases_reached(conn: Connection, effect: Any, moment: datetime) -> list[str]:
+    """The cases with a row still held at `moment` or later that `effect` can change."""
+    t = table
+    q = select(t.c.case_id).where(t.c.pool == effect.pool, or_(t.c.known_until.is_(None), t.c.known_until > moment))
+    if effect.years is not None:
+        q = q.where(t.c.year.between(min(effect.years), max(effect.years)))
+    if effect.hospital_id is not None:
+        q = q.where(t.c.hospital_id == effect.hospital_id)
+    if effect.drg_code is not None:
+        q = q.where(t.c.drg_code == effect.drg_code)
+    return list(conn.execute(q.distinct()).scalars())
+
+
+def _case_events(conn: Connection, case_ids: list[str], known: dict[int, Any]) -> dict[str, list[Any]]:
+    """Every event of the cases (`CASE_EVENTS`), from the index; `known` by journal position
+    need not be parsed again."""
+    t = index_table
+    out: dict[str, list[Any]] = defaultdict(list)
+    for i in range(0, len(case_ids), _IN):
+        rows = conn.execute(
+            select(t.c.seq, t.c.case_id, t.c.event_type, t.c.body)
+            .where(t.c.case_id.in_(case_ids[i : i + _IN]), t.c.event_type.in_(CASE_EVENTS))
+        )
+        for seq, case_id, event_type, body in rows:
+            ev = known.get(seq)
+            out[case_id].append(ev if ev is not None else _parse_stored(event_type, body))
+    return out
+
+
+def _held(conn: Connection, starts: dict[str, datetime]) -> dict[str, list[Row]]:
+    """Each case's rows held at or after its start, and the one held just before it."""
+    t = table
+    ids = list(starts)
+    earliest = min(starts.values())
+    out: dict[str, list[Row]] = defaultdict(list)
+    for i in range(0, len(ids), _IN):
+        rows = conn.execute(
+            select(t).where(t.c.case_id.in_(ids[i : i + _IN]), or_(t.c.known_until.is_(None), t.c.known_until >= earliest))
+        )
+        for r in rows:
+            row = Row.of(r)
+            if row.known_until is None or row.known_until >= starts[row.case_id]:
+                out[row.case_id].append(row)
+    return out
+
+
+# --------------------------------------------------------------------------- tracking
+
+
+def position(conn: Connection) -> int:
+    t = tracking_table
+    found = conn.execute(select(t.c.notification_id).where(t.c.name == NAME)).scalar()
+    return int(found) if found is not None else 0
+
+
+def move(conn: Connection, old: int, new: int) -> bool:
+    """Moves the tracking row from `old` to `new`; False when it was not at `old`."""
+    t = tracking_table
+    return bool(conn.execute(update(t).where(t.c.name == NAME, t.c.notification_id == old).values(notification_id=new)).rowcount == 1)
+
+
+def catch_up(store: LedgerStore, projector: Projector) -> int:
+    """Applies the index rows the projection has not seen, a page at a time; returns how many."""
+    t = index_table
+    done = 0
+    while True:
+        with store.engine.begin() as conn:
+            at = position(conn)
+            rows = conn.execute(
+                select(t.c.seq, t.c.event_type, t.c.body).where(t.c.seq > at).order_by(t.c.seq).limit(_PAGE)
+            ).all()
+            if not rows:
+                return done
+            batch = [(seq, _parse_stored(et, b)) for seq, et, b in rows]
+            if not move(conn, at, rows[-1][0]):
+                continue
+            projector.apply(conn, batch, store.registered_pools(conn))
+            done += len(rows)
+
+
+def clear_rows(conn: Connection) -> None:
+    """Empties the projection (`LedgerStore.rebuild` builds it again)."""
+    conn.execute(delete(table))
+    conn.execute(update(tracking_table).where(tracking_table.c.name == NAME).values(notification_id=0))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True, slots=True)
+class Sums:
+    """Per hospital, the sums of the versions live at a moment; `versions` how many were read."""
+
+    hospitals: dict[str, CaseSums]
+    versions: int
+
+
+def live_at(known_at: datetime) -> Any:
+    t = table
+    return and_(t.c.known_from <= known_at, or_(t.c.known_until.is_(None), t.c.known_until > known_at))
+
+
+def sums(
+    conn: Connection, pool: str, year: int, known_at: datetime, *, until: date | None = None,
+    hospital_id: str | None = None,
+) -> Sums:
+    """Each hospital's case sums over the versions live at `known_at` (cases discharged by
+    `until` when given): one aggregate. Raises `ClearingError` when a live case cannot be
+    settled as known then, with the reason the replay would give."""
+    t = table
+    where = [t.c.pool == pool, t.c.year == year, live_at(known_at)]
+    if until is not None:
+        where.append(t.c.discharge_date <= until)
+    if hospital_id is not None:
+        where.append(t.c.hospital_id == hospital_id)
+    rows = conn.execute(
+        select(
+            t.c.hospital_id, func.count(), func.sum(t.c.settled), func.sum(t.c.deducted), func.sum(t.c.personal_paid),
+            func.count(t.c.error),
+        ).where(*where).group_by(t.c.hospital_id)
+    ).all()
+    if any(r[5] for r in rows):
+        message = conn.execute(select(t.c.error).where(*where, t.c.error.is_not(None)).order_by(t.c.case_id).limit(1)).scalar()
+        raise ClearingError(message)
+    out = {
+        hid: CaseSums(
+            _decimal(int(settled), POINTS_SCALE),
+            Decimal(0) if deducted is None else _decimal(int(deducted), POINTS_SCALE),
+            _decimal(int(personal), MONEY_SCALE),
+            Decimal(0),
+            int(n),
+        )
+        for hid, n, settled, deducted, personal, _ in rows
+    }
+    return Sums(out, sum(int(r[1]) for r in rows))
+
+
+def daily_sums(
+    conn: Connection, pool: str, year: int, known_at: datetime, hospital_id: str
+) -> tuple[dict[date, CaseSums], dict[date, CaseSums]]:
+    """The hospital's and the pool's case sums per discharge day (live at `known_at`): what a
+    series of balances is cut from, in one aggregate."""
+    t = table
+    mine = case((t.c.hospital_id == hospital_id, 1), else_=0)
+    rows = conn.execute(
+        select(
+            t.c.discharge_date, mine, func.count(), func.sum(t.c.settled), func.sum(t.c.deducted),
+            func.sum(t.c.personal_paid), func.count(t.c.error),
+        ).where(t.c.pool == pool, t.c.year == year, live_at(known_at)).group_by(t.c.discharge_date, mine)
+    ).all()
+    if any(r[6] for r in rows):
+        sums(conn, pool, year, known_at)  # raises with the reason
+    own: dict[date, CaseSums] = {}
+    pool_days: dict[date, CaseSums] = {}
+    for day, is_mine, n, settled, deducted, personal, _ in rows:
+        s = CaseSums(
+            _decimal(int(settled), POINTS_SCALE),
+            Decimal(0) if deducted is None else _decimal(int(deducted), POINTS_SCALE),
+            _decimal(int(personal), MONEY_SCALE), Decimal(0), int(n),
+        )
+        _add(pool_days.setdefault(day, CaseSums()), s)
+        if is_mine:
+            _add(own.setdefault(day, CaseSums()), s)
+    return own, pool_days
+
+
+def _add(into: CaseSums, s: CaseSums) -> None:
+    into.settled += s.settled
+    into.deducted += s.deducted
+    into.personal_paid += s.personal_paid
+    into.cases += s.cases
+
+
+def cumulative(days: dict[date, CaseSums], until: date) -> CaseSums:
+    """The sums of the days up to `until` (from exact zero, as `case_sums` adds them)."""
+    out = CaseSums()
+    for day in sorted(days):
+        if day > until:
+            break
+        _add(out, days[day])
+    return out
+
+
+def versions_of(conn: Connection, case_id: str) -> list[Row]:
+    """Every version of a case, oldest first (`explain`, audits)."""
+    t = table
+    return [Row.of(r) for r in conn.execute(select(t).where(t.c.case_id == case_id).order_by(t.c.known_from))]
+
+
+def case_ids(conn: Connection, pool: str, year: int, known_at: datetime) -> Iterable[str]:
+    t = table
+    return conn.execute(select(t.c.case_id).where(t.c.pool == pool, t.c.year == year, live_at(known_at))).scalars()
+
+
+# --------------------------------------------------------------------------- answers
+
+
+def pool_year(store: LedgerStore, pool: str, year: int, known_at: datetime) -> Any:
+    """The pool-year as known at `known_at` with no case settled: hospitals, policy, budget,
+    prepayments and recorded clearings, from the pool's own events (a few hundred)."""
+    from ledger.clearing import settle
+
+    t = index_table
+    history_types = [*POOL_HISTORY_TYPES]
+    money_types = ["BudgetSet", "PrepaymentMade", "ClearingCompleted"]
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(t.c.event_type, t.c.body).where(
+                t.c.pool == pool,
+                t.c.recorded_at <= known_at,
+                or_(t.c.event_type.in_(history_types), and_(t.c.event_type.in_(money_types), t.c.year == year)),
+            ).order_by(t.c.seq)
+        ).all()
+    events = [_parse_stored(et, b) for et, b in rows]
+    return settle(events, pool, year, known_at), events
+
+
+def fresh(store: LedgerStore) -> int:
+    """Catches the projection up with the index when it is behind (an older store, a crash
+    the store has not healed yet) and returns the journal position both are at."""
+    with store.engine.connect() as conn:
+        at = position(conn)
+    if at != store.position:
+        store.catch_up_projection()
+        with store.engine.connect() as conn:
+            at = position(conn)
+    return at

@@ -127,10 +127,8 @@ def clear(
     year: int = typer.Option(..., "--year"),
     known_at: Optional[str] = KnownAt,
     record: bool = typer.Option(False, "--record", help="Append a ClearingCompleted event."),
-    cold: bool = typer.Option(False, "--cold", help="Replay the raw journal instead of the index."),
-    warm: bool = typer.Option(False, "--warm", help="Sum the case_points projection (as known now); "
-                              "refused when stale unless --refresh."),
-    refresh: bool = typer.Option(False, "--refresh", help="With --warm: refresh a stale projection first."),
+    cold: bool = typer.Option(False, "--cold", help="Replay the raw journal through the pure core (the "
+                              "independent check) instead of summing the case-points projection."),
     what_if: Optional[Path] = WhatIfDraft,
     database_url: Optional[str] = DatabaseUrl,
     as_json: bool = JsonOut,
@@ -139,10 +137,8 @@ def clear(
     from projections.chain import BrokenEntry
     from projections.queries import clear_pool
 
-    if warm and (cold or known_at is not None or record):
-        fail(2, "--warm clears as known now from the projection: it takes no --cold, --known-at or --record")
-    if what_if is not None and (record or warm):
-        fail(2, "a what-if is never recorded and is not in the projection: --what-if takes no --record or --warm")
+    if what_if is not None and record:
+        fail(2, "a what-if is never recorded: --what-if takes no --record")
     marked = None
     with open_store(database_url) as store:
         try:
@@ -150,10 +146,6 @@ def clear(
                 marked = _what_if(store, what_if, known_at, as_json, pool=pool,
                                   run=lambda wi, d: wi.what_if_clearing(store, pool, year, d, cold=cold))
                 result = marked.result
-            elif warm:
-                from projections.case_points import warm_clearing
-
-                result = warm_clearing(store, pool, year, refresh_if_stale=refresh)
             else:
                 result = clear_pool(store, pool, year, parse_moment(known_at), cold=cold)
                 log_digest = recorded_log_digest(store, result) if record else None
@@ -188,9 +180,6 @@ def balance(
     hospital: str = typer.Option(..., "--hospital"),
     as_of: str = typer.Option(..., "--as-of", help="Balance date YYYY-MM-DD."),
     known_at: Optional[str] = KnownAt,
-    warm: bool = typer.Option(False, "--warm", help="Sum the case_points projection (as known now); "
-                              "refused when stale unless --refresh."),
-    refresh: bool = typer.Option(False, "--refresh", help="With --warm: refresh a stale projection first."),
     what_if: Optional[Path] = WhatIfDraft,
     database_url: Optional[str] = DatabaseUrl,
     as_json: bool = JsonOut,
@@ -199,10 +188,6 @@ def balance(
     from projections.queries import NotFound, hospital_balance, hospital_pool
 
     day = parse_day(as_of, "--as-of")
-    if warm and known_at is not None:
-        fail(2, "--warm is the balance as known now from the projection: it takes no --known-at")
-    if what_if is not None and warm:
-        fail(2, "a what-if is not in the projection: --what-if takes no --warm")
     marked = None
     with open_store(database_url) as store:
         try:
@@ -210,10 +195,6 @@ def balance(
                 marked = _what_if(store, what_if, known_at, as_json, pool=lambda: hospital_pool(store, hospital),
                                   run=lambda wi, d: wi.what_if_balance(store, hospital, day, d))
                 result = marked.result
-            elif warm:
-                from projections.case_points import warm_balance
-
-                result = warm_balance(store, hospital, day, refresh_if_stale=refresh)
             else:
                 result = hospital_balance(store, hospital, day, parse_moment(known_at))
         except NotFound as exc:
@@ -316,7 +297,8 @@ def doctor(
 
 @app.command()
 def rebuild(database_url: Optional[str] = DatabaseUrl, as_json: bool = JsonOut) -> None:
-    """Rebuild everything derived from the journal alone: the index, the pool claims, the penalties."""
+    """Rebuild everything derived from the journal alone: the index, the case-points projection,
+    the pool claims, the penalties."""
     from projections.chain import BrokenEntry
 
     with open_store(database_url) as store:
@@ -327,11 +309,9 @@ def rebuild(database_url: Optional[str] = DatabaseUrl, as_json: bool = JsonOut) 
     if as_json:
         emit(done)
     else:
-        console.print(f"rebuilt from the journal: index {done['events']:,} events; {done['pool_claims']} pool "
+        console.print(f"rebuilt from the journal: index and case-points projection {done['events']:,} events; "
+                      f"{done['pool_claims']} pool "
                       f"claims restored; {done['penalties']} missing penalties derived")
-
-
-app.command("rebuild-projections", hidden=True, help="Old name of `rebuild`.")(rebuild)
 
 
 # --------------------------------------------------------------------------- trust (issue 12)
@@ -770,16 +750,37 @@ def totals(
     pool: str = typer.Option(..., "--pool"),
     year: int = typer.Option(..., "--year"),
     hospital: Optional[str] = typer.Option(None, "--hospital"),
+    known_at: Optional[str] = KnownAt,
+    worker: bool = typer.Option(False, "--worker", help="The totals the stream worker last mirrored (with the "
+                                "position each reflects) instead of the store's as known at --known-at."),
     database_url: Optional[str] = DatabaseUrl,
     as_json: bool = JsonOut,
 ) -> None:
-    """Running point totals per hospital, as the stream worker last computed them."""
+    """Point totals per hospital: the case-points projection's as known at --known-at (default
+    now), or with --worker the running totals the stream worker last computed."""
     from projections.running_totals import create_tables, read_rows, store_engine
 
+    if worker and known_at is not None:
+        fail(2, "--worker shows the totals as the worker last computed them: it takes no --known-at")
     with open_store(database_url) as store:
         engine = store_engine(store)
         create_tables(engine)
-        rows = read_rows(engine, pool, year, hospital)
+        if worker:
+            rows = read_rows(engine, pool, year, hospital)
+        else:
+            from projections import case_versions
+            from projections.running_totals import HospitalTotals, Key, TotalsRow, projected_totals
+
+            moment = parse_moment(known_at) or datetime.now(timezone.utc)
+            position = case_versions.fresh(store)
+            try:
+                found = projected_totals(store, pool, year, moment, hospital)
+            except (ClearingError, PolicyMissing) as exc:
+                fail(EXIT_CANNOT_COMPUTE, str(exc))
+            registered = {h for h, r in store.hospitals().items() if r.pool == pool}
+            wanted = sorted(registered | set(found)) if hospital is None else [hospital] if hospital in registered else []
+            stamp = datetime.now(timezone.utc)
+            rows = [TotalsRow(Key(pool, year, h), found.get(h, HospitalTotals()), position, moment, stamp) for h in wanted]
     if as_json:
         emit([r.as_json() for r in rows])
         return
@@ -799,15 +800,17 @@ def totals(
 def reconcile(
     pool: str = typer.Option(..., "--pool"),
     year: int = typer.Option(..., "--year"),
-    known_at: Optional[str] = KnownAt,
+    known_at: Optional[list[str]] = typer.Option(
+        None, "--known-at", help="A moment to compare the projection at (repeatable; ISO 8601). Default: now and "
+        "the recorded_at of every policy version and coefficient change of the pool-year."),
     database_url: Optional[str] = DatabaseUrl,
     bootstrap_servers: Optional[str] = AuditBroker,
     topic_prefix: str = TopicPrefix,
     as_json: bool = JsonOut,
 ) -> None:
-    """Compare the running totals with a full replay of the pool-year, check no running total
-    lags the store beyond the bound and no consumed record is missing (stream-audit); exit 1
-    on any difference, lag or hole."""
+    """Compare the case-points projection at each moment, and the running totals now, with a
+    cold replay of the journal; check no running total lags the store beyond the bound and no
+    consumed record is missing (stream-audit); exit 1 on any difference, lag or hole."""
     from projections.running_totals import create_tables, store_engine
     from projections.running_totals import reconcile as run
     from streams.audit import audit as stream_audit
@@ -816,13 +819,24 @@ def reconcile(
     with open_store(database_url) as store:
         create_tables(store_engine(store))
         try:
-            result = run(store, pool, year, parse_moment(known_at))
+            moments = [m for m in (parse_moment(t) for t in known_at or []) if m is not None] or None
+            result = run(store, pool, year, moments=moments)
         except (ClearingError, PolicyMissing) as exc:
             fail(EXIT_CANNOT_COMPUTE, str(exc))
         stream = stream_audit(store, TopicNames(topic_prefix).events, bootstrap_servers)
     if as_json:
         emit({**result.as_json(), "ok": result.ok and stream.ok, "stream_audit": stream.as_json()})
-    elif result.ok:
+    if not as_json:
+        moments_table = Table("known at", "hospitals", "projection = replay", "differences", "error",
+                              title=f"{pool} {year}: the case-points projection against a cold replay of the journal")
+        for m in result.moments:
+            error = "" if m.projection_error == m.replay_error else f"projection: {m.projection_error}; replay: {m.replay_error}"
+            moments_table.add_row(m.known_at.isoformat(), str(m.hospitals), "[green]yes[/green]" if m.ok else "[red]no[/red]",
+                                  ", ".join(d.hospital_id for d in m.differences[:10]), error or (m.replay_error or ""))
+        console.print(moments_table)
+    if as_json:
+        pass
+    elif not result.differences:
         console.print(f"[green]{pool} {year}: running totals of {result.hospitals} hospitals agree with the replay[/green] "
                       f"(store position {result.store_position}, known at {result.known_at.isoformat()})")
     else:
@@ -884,29 +898,6 @@ def stream_audit_command(
         print_stream_audit(result)
     if not result.ok:
         raise typer.Exit(EXIT_REJECTED)
-
-
-@app.command("refresh-projections")
-def refresh_projections(
-    pool: str = typer.Option(..., "--pool"),
-    year: int = typer.Option(..., "--year"),
-    database_url: Optional[str] = DatabaseUrl,
-    as_json: bool = JsonOut,
-) -> None:
-    """Recompute the warm case_points projection of a pool-year from the events, as known now."""
-    from projections.case_points import refresh
-
-    with open_store(database_url) as store:
-        try:
-            report = refresh(store, pool, year)
-        except (ClearingError, PolicyMissing) as exc:
-            fail(EXIT_CANNOT_COMPUTE, str(exc))
-    if as_json:
-        emit(report.as_json())
-        return
-    console.print(f"case_points of {pool} {year}: {report.cases:,} cases from {report.events:,} events "
-                  f"in {report.chunks} chunk(s), journal position {report.position}, "
-                  f"as known at {report.known_at.isoformat()}, in {report.seconds:.1f} s")
 
 
 # --------------------------------------------------------------------------- what-if and diff

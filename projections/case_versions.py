@@ -540,6 +540,13 @@ def versions_of(conn: Connection, case_id: str) -> list[Row]:
     return [Row.of(r) for r in conn.execute(select(t).where(t.c.case_id == case_id).order_by(t.c.known_from))]
 
 
+def held_at(conn: Connection, case_id: str, known_at: datetime) -> Row | None:
+    """The version of a case live at `known_at`, if any."""
+    t = table
+    r = conn.execute(select(t).where(t.c.case_id == case_id, live_at(known_at))).first()
+    return None if r is None else Row.of(r)
+
+
 def case_ids(conn: Connection, pool: str, year: int, known_at: datetime) -> Iterable[str]:
     t = table
     return conn.execute(select(t.c.case_id).where(t.c.pool == pool, t.c.year == year, live_at(known_at))).scalars()

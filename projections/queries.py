@@ -1,7 +1,10 @@
 """The read side: clearing, balances and explanations computed from the store.
 
-Each query loads a pool-year's events from the index (`LedgerStore.load`) and hands them to
-the pure core in `ledger/`. `cold=True` reads the journal itself instead of the index.
+By default an answer at any `known_at` is one aggregate over the case-points projection
+(projections/case_versions.py), turned into money by the pure core (`clearing_from_sums`,
+`balance_from_sums`). `cold=True` replays the journal itself through the pure core: the
+independent check. A what-if (`extra_events`, never stored) settles the index's events with
+the draft's.
 """
 
 from __future__ import annotations
@@ -13,9 +16,23 @@ from dataclasses import replace
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ledger.clearing import Balance, Basis, Clearing, balance, clearing, settle
+from ledger.clearing import (
+    Balance,
+    Basis,
+    Clearing,
+    ClearingError,
+    balance,
+    balance_from_sums,
+    clearing,
+    clearing_from_sums,
+    incentive_cap,
+    settle,
+    settle_case,
+)
 from ledger.events import ENVELOPES
-from ledger.explain import UnknownCase, explain
+from ledger.cases import case_states, known
+from ledger.events import Outcome
+from ledger.explain import UnknownCase, describe, explain
 from projections.chain import digest_at
 
 if TYPE_CHECKING:
@@ -62,8 +79,11 @@ def clear_pool(
     if record and extra_events:
         raise ValueError("a clearing with events that are not in the ledger (a what-if) cannot be recorded")
     known_at = known_at or now()
-    events, position = pool_year_events(store, pool, year, known_at, cold=cold)
-    result = replace(clearing(settle([*events, *extra_events], pool, year, known_at)), basis=Basis.of(events, position))
+    if cold or extra_events:
+        events, position = pool_year_events(store, pool, year, known_at, cold=cold)
+        result = replace(clearing(settle([*events, *extra_events], pool, year, known_at)), basis=Basis.of(events, position))
+    else:
+        result = projected_clearing(store, pool, year, known_at)
     if record:
         record_clearing(store, result)
     return result
@@ -118,15 +138,76 @@ def hospital_balance(
     """A hospital's balance at a date as known at a moment (RULES.md 6); `extra_events` as for `clear_pool`."""
     known_at = known_at or now()
     pool = hospital_pool(store, hospital_id)
+    if not extra_events:
+        return projected_balances(store, hospital_id, [as_of], known_at)[0]
     events, position = pool_year_events(store, pool, as_of.year, known_at)
     py = settle([*events, *extra_events], pool, as_of.year, known_at)
     return replace(balance(py, hospital_id, as_of), basis=Basis.of(events, position))
 
 
+def projected_clearing(store: LedgerStore, pool: str, year: int, known_at: datetime) -> Clearing:
+    """The clearing as known at `known_at` from the projection: one aggregate (RULES.md 5)."""
+    from projections import case_versions
+
+    at = case_versions.fresh(store)
+    py, pool_events = case_versions.pool_year(store, pool, year, known_at)
+    with store.engine.connect() as conn:
+        found = case_versions.sums(conn, pool, year, known_at)
+    basis = Basis(at, found.versions + len(pool_events), _latest_ingested(store, at))
+    return replace(clearing_from_sums(py, found.hospitals), basis=basis)
+
+
+def projected_balances(
+    store: LedgerStore, hospital_id: str, days: Sequence[date], known_at: datetime, *, keep_errors: bool = False
+) -> list[Any]:
+    """A hospital's balances at `days` (one year) as known at `known_at` from the projection:
+    one aggregate per discharge day, cut at each day (RULES.md 6). Raises like `balance`;
+    with `keep_errors` a day that cannot be computed gets its exception in its place."""
+    from projections import case_versions
+
+    pool = hospital_pool(store, hospital_id)
+    (year,) = {d.year for d in days}
+    at = case_versions.fresh(store)
+    py, pool_events = case_versions.pool_year(store, pool, year, known_at)
+    with store.engine.connect() as conn:
+        own, pool_days = case_versions.daily_sums(conn, pool, year, known_at, hospital_id)
+    basis = Basis(at, sum(s.cases for s in pool_days.values()) + len(pool_events), _latest_ingested(store, at))
+    out: list[Any] = []
+    for day in days:
+        window = [case_versions.cumulative(pool_days, day)]
+        try:
+            result = balance_from_sums(py, hospital_id, day, case_versions.cumulative(own, day), window)
+        except (ClearingError, LookupError) as exc:
+            if not keep_errors:
+                raise
+            out.append(exc)
+        else:
+            out.append(replace(result, basis=basis))
+    return out
+
+
+def _latest_ingested(store: LedgerStore, position: int) -> datetime | None:
+    """When the ledger accepted the entry at `position` (the last one an answer rests on)."""
+    from sqlalchemy import select
+
+    from projections.store import index_table
+
+    t = index_table
+    with store.engine.connect() as conn:
+        return conn.execute(select(t.c.ingested_at).where(t.c.seq == position)).scalar()
+
+
 def explain_case(
     store: LedgerStore, case_id: str, known_at: datetime | None = None, *, extra_events: Sequence[Any] = ()
 ) -> dict[str, Any]:
-    """A case's points step by step (EVENTS.md `explain`); `extra_events` as for `clear_pool`."""
+    """A case's points step by step (EVENTS.md `explain`); `extra_events` as for `clear_pool`.
+
+    Reads only what the case needs: its own events, its pool's, and — for an incentive
+    approval — its hospital's count of live cases and its cap answer from the projection
+    (seed 001 二(二)).
+    """
+    from projections import case_versions
+
     known_at = known_at or now()
     own = store.load(case_ids=[case_id], known_at=known_at)
     submissions = [e for e in own if e.event_type == "CaseSubmitted" and e.payload.case_id == case_id]
@@ -135,13 +216,37 @@ def explain_case(
     hospital_id = max(submissions, key=lambda e: (e.payload.revision, e.recorded_at)).payload.hospital_id
     pool = hospital_pool(store, hospital_id)
     years = {e.payload.discharge_date.year for e in submissions}
-    events = {e.event_id: e for y in years for e in store.load(pool=pool, year=y, known_at=known_at)}
     position = store.position
-    try:
-        out = explain([*events.values(), *extra_events], case_id, known_at)
-    except UnknownCase as exc:
-        raise NotFound(str(exc)) from None
+    if extra_events:
+        events = {e.event_id: e for y in years for e in store.load(pool=pool, year=y, known_at=known_at)}
+        try:
+            out = explain([*events.values(), *extra_events], case_id, known_at)
+        except UnknownCase as exc:
+            raise NotFound(str(exc)) from None
+        read = list(events.values())
+    else:
+        case_versions.fresh(store)
+        state = case_states(known(own, known_at)).get(case_id)
+        year = state.case.discharge_date.year if state is not None else max(years)
+        py, pool_events = case_versions.pool_year(store, pool, year, known_at)
+        py = settle([*pool_events, *own], pool, year, known_at)
+        sc = py.cases.get(case_id)
+        if sc is not None and sc.state.verdict is not None and sc.state.verdict.payload.outcome is Outcome.INCENTIVE_APPROVED:
+            with store.engine.connect() as conn:
+                held = case_versions.held_at(conn, case_id, known_at)
+                live = case_versions.sums(conn, pool, year, known_at, hospital_id=hospital_id).hospitals
+            over = bool(held.figures.over_cap) if held is not None else False
+            py.cases[case_id] = settle_case(sc.state, py.hospitals[hospital_id], py.book, over)
+            cases = live[hospital_id].cases if hospital_id in live else 0
+            cap = incentive_cap(cases, py.hospitals[hospital_id], py.book, sc.discharge_date)
+            if cap is not None:
+                py.incentive_caps[hospital_id] = cap
+        try:
+            out = describe(py, case_id)
+        except UnknownCase as exc:
+            raise NotFound(str(exc)) from None
+        read = [*pool_events, *own]
     ingested_at = {e.event_id: e.ingested_at for e in submissions}
     out["ingested_at"] = {eid: (t.isoformat() if t else None) for eid, t in ingested_at.items()}
-    out["basis"] = Basis.of(list(events.values()), position).as_json()
+    out["basis"] = Basis.of(read, position).as_json()
     return out

@@ -105,10 +105,9 @@ def migrate(owner_url: str, app_role: str | None = None, app_password: str | Non
 def _derived_tables(store: LedgerStore) -> None:
     """Creates the derived tables the worker and the projections keep, so the app role never
     needs CREATE."""
-    from projections import case_points, running_totals
+    from projections import running_totals
 
-    running_totals.create_tables(store.engine)
-    case_points.metadata.create_all(store.engine)
+    running_totals.create_tables(store.engine)  # the store has created its own (case_versions among them)
 
 
 def triggers_present(store: LedgerStore) -> list[str]:

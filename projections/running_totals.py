@@ -1,9 +1,9 @@
-"""Running point totals per (pool, year, hospital), always recomputed from the events.
+"""Running point totals per (pool, year, hospital), always read from the case-points projection.
 
-A hospital's totals are a fold of the pool's events through `ledger.clearing.settle`, never
-a number patched by hand: when an event arrives, every (pool, year, hospital) it can change
-is recomputed from the store (`recompute_keys` says which). Recomputation reads the store,
-so a redelivered event recomputes the same figures and nothing is counted twice.
+A hospital's totals are the projection's sums (projections/case_versions.py), never a number
+patched by hand: when an event arrives, every (pool, year, hospital) it can change
+(`recompute_keys`, the one impact rule) is read again from the store, so a redelivered event
+gives the same figures and nothing is counted twice.
 
 Figures (RULES.md 5): `cases` (live cases discharged in the year), `settled_points`,
 `deducted_points`, `net_points = settled - deducted`, `personal_paid`. None of them
@@ -11,13 +11,13 @@ depends on the budget, prepayments or clearings, so those events recompute nothi
 
 The figures of each hospital are mirrored into the SQL table `running_totals` next to the
 store, with the store position (journal notification id) they reflect, so the CLI reads
-them without the stream worker. `reconcile` compares that table with a full replay.
+them without the stream worker. `reconcile` compares the projection at several moments, and
+that table now, with a cold replay of the journal: a check that sees outside what it checks.
 """
 
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,9 +42,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ledger.clearing import ClearingError, PoolYear, settle
-from ledger.events import ENVELOPES
 from ledger.policy import PolicyMissing
-from projections.store import CASE_LEVEL, POOL_LEVEL, UtcDateTime, index_table, tracking_table
+from projections.store import CASE_LEVEL, UtcDateTime, index_table, tracking_table
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -109,13 +108,20 @@ def totals_by_hospital(py: PoolYear) -> dict[str, HospitalTotals]:
     return {h: HospitalTotals(n, st, de, st - de, pp) for h, (n, st, de, pp) in sums.items()}
 
 
-def hospital_totals(events: Iterable[Any], pool: str, year: int, hospital_id: str, known_at: datetime) -> HospitalTotals:
-    """One hospital's figures for `pool`/`year` as known at `known_at`, folded from `events`.
+def totals_of(sums: Any) -> HospitalTotals:
+    """A hospital's totals from its case sums (`ledger.clearing.CaseSums`)."""
+    return HospitalTotals(sums.cases, sums.settled, sums.deducted, sums.settled - sums.deducted, sums.personal_paid)
 
-    `events` may be a superset (e.g. `LedgerStore.load(pool=, year=, hospital_id=)`): `settle`
-    keeps what was recorded by `known_at`, the pool's hospitals and the year's cases.
-    """
-    return totals_by_hospital(settle(events, pool, year, known_at)).get(hospital_id, HospitalTotals())
+
+def projected_totals(store: LedgerStore, pool: str, year: int, known_at: datetime,
+                     hospital_id: str | None = None) -> dict[str, HospitalTotals]:
+    """Each hospital's totals as known at `known_at`, from the projection (one aggregate).
+    Raises `ClearingError` when a case of theirs cannot be settled as known then."""
+    from projections import case_versions
+
+    with store.engine.connect() as conn:
+        found = case_versions.sums(conn, pool, year, known_at, hospital_id=hospital_id)
+    return {h: totals_of(s) for h, s in found.hospitals.items()}
 
 
 # --------------------------------------------------------------------------- which totals an event changes
@@ -264,77 +270,20 @@ def read_rows(engine: Engine, pool: str | None = None, year: int | None = None, 
 # --------------------------------------------------------------------------- recomputation
 
 
-class ParsedEvents:
-    """The events of a hospital's year, each parsed once per process (bounded, least recently used out).
+def recompute(store: LedgerStore, key: Key, known_at: datetime | None = None, last: TotalsRow | None = None) -> TotalsRow:
+    """A hospital's totals read from the projection, as known at `known_at` (default now).
 
-    A recorded event never changes, so its parsed envelope can be kept by journal position.
-    Recomputing a hospital re-reads its whole year; without this, parsing the same envelopes
-    again is about half the cost of a recompute. The rows selected are exactly those of
-    `LedgerStore.load(pool=, year=, hospital_id=, known_at=)` (a test holds the two equal).
+    The position is read first, so the row reflects at least that position. A policy gap
+    or an uncomputable case keeps `last`'s figures and records the error: the totals are
+    never patched, and a later policy event recomputes them (`recompute_keys`).
     """
+    from projections import case_versions
 
-    def __init__(self, max_events: int = 200_000) -> None:
-        assert max_events > 0
-        self.max_events = max_events
-        self._by_seq: OrderedDict[int, Any] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._by_seq)
-
-    def load(self, conn: Connection, key: Key, known_at: datetime) -> list[Any]:
-        t = index_table
-        cases = select(t.c.case_id).where(
-            t.c.event_type == "CaseSubmitted", t.c.pool == key.pool, t.c.year == key.year,
-            t.c.hospital_id == key.hospital_id,
-        )
-        query = (
-            select(t.c.seq, t.c.event_type, t.c.body)
-            .where(
-                or_(
-                    and_(t.c.event_type.in_(POOL_LEVEL), t.c.pool == key.pool),
-                    and_(t.c.event_type.in_(CASE_LEVEL), t.c.case_id.in_(cases)),
-                ),
-                t.c.recorded_at <= known_at,
-            )
-            .order_by(t.c.seq)
-        )
-        out = []
-        cache = self._by_seq
-        for seq, event_type, body in conn.execute(query):
-            ev = cache.get(seq)
-            if ev is None:
-                ev = ENVELOPES[event_type].model_validate_json(body)
-                cache[seq] = ev
-            else:
-                cache.move_to_end(seq)
-            out.append(ev)
-        while len(cache) > self.max_events:
-            cache.popitem(last=False)
-        return out
-
-
-def recompute(
-    store: LedgerStore, key: Key, known_at: datetime | None = None, last: TotalsRow | None = None,
-    parsed: ParsedEvents | None = None,
-) -> TotalsRow:
-    """A hospital's totals recomputed from the store, as known at `known_at` (default now).
-
-    The position is read before the events, so the row reflects at least that position
-    (`parsed`: the same events, each parsed once per process, see `ParsedEvents`). A
-    policy gap or an uncomputable case keeps `last`'s figures and records the error: the
-    totals are never patched, and a later policy event recomputes them (`recompute_keys`).
-    """
-    engine = store_engine(store)
     known_at = known_at or datetime.now(UTC)
-    with engine.connect() as conn:
-        position = store_position(conn)
-        if parsed is not None:
-            events = parsed.load(conn, key, known_at)
-    if parsed is None:
-        events = store.load(pool=key.pool, year=key.year, hospital_id=key.hospital_id, known_at=known_at)
+    position = case_versions.fresh(store)
     stamp = datetime.now(UTC)
     try:
-        totals = hospital_totals(events, key.pool, key.year, key.hospital_id, known_at)
+        totals = projected_totals(store, key.pool, key.year, known_at, key.hospital_id).get(key.hospital_id, HospitalTotals())
     except (PolicyMissing, ClearingError) as exc:
         return TotalsRow(key, last.totals if last else HospitalTotals(), position, known_at, stamp, str(exc))
     return TotalsRow(key, totals, position, known_at, stamp)
@@ -444,21 +393,44 @@ class Difference:
 
 
 @dataclass(frozen=True, slots=True)
+class MomentCheck:
+    """The projection against the cold replay at one `known_at`: the hospitals that differ,
+    or the error one of them gave where the other did not (or another one)."""
+
+    known_at: datetime
+    hospitals: int
+    differences: list[Difference]
+    projection_error: str | None = None
+    replay_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences and self.projection_error == self.replay_error
+
+    def as_json(self, head: int) -> dict[str, Any]:
+        return {"known_at": self.known_at.isoformat(), "hospitals": self.hospitals, "ok": self.ok,
+                "differences": [d.as_json(head) for d in self.differences],
+                "projection_error": self.projection_error, "replay_error": self.replay_error}
+
+
+@dataclass(frozen=True, slots=True)
 class Reconciliation:
-    """Running totals against a full replay of the pool-year (`settle` on `store.load`)."""
+    """The projection at each moment, and the running totals now, against a cold replay of
+    the journal (`LedgerStore.replay` -> `settle`)."""
 
     pool: str
     year: int
     known_at: datetime
     store_position: int
     hospitals: int
-    differences: list[Difference]
+    differences: list[Difference]  # running totals now against the replay now
     lagging: list[Lag] = field(default_factory=list)  # beyond the bound (`lag_bound`)
     bound: timedelta = DEFAULT_LAG_BOUND
+    moments: list[MomentCheck] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.differences and not self.lagging
+        return not self.differences and not self.lagging and all(m.ok for m in self.moments)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -470,30 +442,68 @@ class Reconciliation:
             "differences": [d.as_json(self.store_position) for d in self.differences],
             "lagging": [lag.as_json() for lag in self.lagging],
             "lag_bound_s": self.bound.total_seconds(),
+            "projection": [m.as_json(self.store_position) for m in self.moments],
             "ok": self.ok,
         }
 
 
-def replay_totals(store: LedgerStore, pool: str, year: int, known_at: datetime) -> dict[str, HospitalTotals]:
-    """Every hospital's figures from one settle of the whole pool-year (the cold truth)."""
-    return totals_by_hospital(settle(store.load(pool=pool, year=year, known_at=known_at), pool, year, known_at))
+def policy_moments(events: Iterable[Any], pool: str, year: int) -> list[datetime]:
+    """The `recorded_at` of every policy version and coefficient change of the pool whose
+    validity touches `year` (`ledger.impact`): where a back-dated rule moves the figures."""
+    from ledger.impact import impact
+
+    return sorted({e.recorded_at for e in events
+                   if e.event_type in ("PolicyVersionPublished", "CoefficientChanged") and impact(e).touches(pool, year)})
+
+
+def _compare(a: dict[str, HospitalTotals], b: dict[str, HospitalTotals], position: Any = None) -> list[Difference]:
+    out = []
+    for hid in sorted(set(a) | set(b)):
+        figures = a.get(hid, HospitalTotals()).differences(b.get(hid, HospitalTotals()))
+        if figures:
+            out.append(Difference(hid, figures, position, None))
+    return out
 
 
 def reconcile(store: LedgerStore, pool: str, year: int, known_at: datetime | None = None,
-              bound: timedelta | None = None) -> Reconciliation:
-    """Compares the mirrored running totals of `pool`/`year` with a full replay as known at `known_at`.
+              bound: timedelta | None = None, moments: Sequence[datetime] | None = None,
+              running: bool = True) -> Reconciliation:
+    """Compares, against a cold replay of the journal, the projection of `pool`/`year` at
+    each of `moments` (default: `known_at` or now, and every policy moment of the pool-year)
+    and (with `running`) the mirrored running totals as known at `known_at`.
 
     A hospital without a row must replay to zero; a row in error differs even if its last
     figures happen to match; a row that misses an event the store accepted more than `bound`
     ago (default `lag_bound()`) lags, even if its figures happen to match. Raises
-    `PolicyMissing`/`ClearingError` when the replay itself cannot be computed.
+    `PolicyMissing`/`ClearingError` when the replay itself cannot be computed now.
     """
+    from projections import case_versions
+
     bound = bound if bound is not None else lag_bound()
     engine = store_engine(store)
+    case_versions.fresh(store)
     with engine.connect() as conn:
         head = store_position(conn)
     known_at = known_at or datetime.now(UTC)
-    replay = replay_totals(store, pool, year, known_at)
+    journal = list(store.replay(until=head))  # the journal itself, every entry's hash checked
+    checks = []
+    for at in sorted({known_at, *(moments if moments is not None else policy_moments(journal, pool, year))}):
+        replay_error = projection_error = None
+        cold: dict[str, HospitalTotals] = {}
+        projected: dict[str, HospitalTotals] = {}
+        try:
+            cold = totals_by_hospital(settle(journal, pool, year, at))
+        except (PolicyMissing, ClearingError) as exc:
+            replay_error = str(exc)
+        try:
+            projected = projected_totals(store, pool, year, at)
+        except (PolicyMissing, ClearingError) as exc:
+            projection_error = str(exc)
+        checks.append(MomentCheck(at, len(set(cold) | set(projected)), _compare(projected, cold), projection_error,
+                                  replay_error))
+    if not running:
+        return Reconciliation(pool, year, known_at, head, checks[-1].hospitals if checks else 0, [], [], bound, checks)
+    replay = totals_by_hospital(settle(journal, pool, year, known_at))
     rows = {r.key.hospital_id: r for r in read_rows(engine, pool, year)}
     diffs = []
     for hid in sorted(set(replay) | set(rows)):
@@ -506,4 +516,4 @@ def reconcile(store: LedgerStore, pool: str, year: int, known_at: datetime | Non
     cutoff = datetime.now(UTC) - bound
     late = [lag for lag in lagging(engine, pool, year)
             if lag.missed_since is None or lag.missed_since < cutoff]
-    return Reconciliation(pool, year, known_at, head, len(set(replay) | set(rows)), diffs, late, bound)
+    return Reconciliation(pool, year, known_at, head, len(set(replay) | set(rows)), diffs, late, bound, checks)

@@ -2,7 +2,7 @@
 the policy in force, a hospital's cases, the pools and their hospitals.
 
 Adapters over what exists, no rule of their own (STYLE.md 9): balances are
-`ledger.clearing.balance` on one `settle` of the pool-year; policy resolution is
+the case-points projection's sums through `ledger.clearing`; policy resolution is
 `ledger.policy.PolicyBook`; case points are `settle`'s. The HTTP service and its web page
 read these.
 """
@@ -10,17 +10,17 @@ read these.
 from __future__ import annotations
 
 import calendar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import distinct, func, select
 
-from ledger.clearing import Balance, Basis, ClearingError, balance, settle
+from ledger.clearing import Balance, ClearingError, settle
 from ledger.catalogue import Catalogue
 from ledger.events import ENVELOPES, Component
 from ledger.policy import InForce, PolicyBook, PolicyMissing, latest_covering
-from projections.queries import NotFound, hospital_pool, now, pool_year_events
+from projections.queries import NotFound, hospital_pool, now, projected_balances
 from projections.store import index_table
 
 if TYPE_CHECKING:
@@ -54,22 +54,19 @@ class MonthEnd:
 def balance_series(store: LedgerStore, hospital_id: str, year: int, known_at: datetime | None = None) -> list[MonthEnd]:
     """A hospital's balance at every month end of `year`, as known at `known_at` (RULES.md 6).
 
-    One settlement of the pool-year, then `ledger.clearing.balance` for each month end: the
-    same figures as twelve `hospital_balance` calls. A month end that cannot be computed
-    (RULES.md 6 needs a budget, and points in the window) carries the reason instead.
+    One aggregate over the case-points projection, cut at each month end
+    (`projected_balances`): the same figures as twelve `hospital_balance` calls. A month end
+    that cannot be computed (RULES.md 6 needs a budget, and points in the window) carries the
+    reason instead.
     """
     known_at = known_at or now()
-    pool = hospital_pool(store, hospital_id)
-    events, position = pool_year_events(store, pool, year, known_at)
-    py = settle(events, pool, year, known_at)
-    basis = Basis.of(events, position)
-    out: list[MonthEnd] = []
-    for day in month_ends(year):
-        try:
-            out.append(MonthEnd(day, replace(balance(py, hospital_id, day), basis=basis), None))
-        except (ClearingError, PolicyMissing) as exc:
-            out.append(MonthEnd(day, None, str(exc)))
-    return out
+    hospital_pool(store, hospital_id)  # NotFound first
+    try:
+        found = projected_balances(store, hospital_id, month_ends(year), known_at, keep_errors=True)
+    except (ClearingError, PolicyMissing) as exc:  # a case of the year cannot be settled as known then
+        return [MonthEnd(day, None, str(exc)) for day in month_ends(year)]
+    return [MonthEnd(day, None, str(b)) if isinstance(b, Exception) else MonthEnd(day, b, None)
+            for day, b in zip(month_ends(year), found, strict=True)]
 
 
 def _parse(event_type: str, body: str) -> Any:

@@ -13,11 +13,12 @@ What is checked, in one pass in journal order:
   against the chain recomputed from the entries;
 - `ledger_index`: one row per entry, each column equal to what `_index_row` makes of the
   entry (body and content_hash included), no row without an entry;
-- tracking positions (index, penalties, case_points, running totals) not beyond the head;
+- tracking positions (index, penalties, case_versions, running totals) not beyond the head;
 - pool claims: every registration's hospital claimed for its pool;
 - penalties: every `PenaltyImposed` derived from a journalled violation verdict;
 - dead letters: each one's sha256 and length agree with the bytes kept;
-- running totals: equal to a full replay of their pool-year (`reconcile`);
+- the case-points projection at every policy moment, and the running totals now: equal to
+  a cold replay of their pool-year (`reconcile`);
 - the append-only triggers on the journal and its chain are present and enabled.
 """
 
@@ -312,13 +313,13 @@ def _tracking(store: LedgerStore, out: Verification) -> None:
     t = tracking_table
     with store.engine.connect() as conn:
         rows = dict(conn.execute(select(t.c.name, t.c.notification_id)).all())
-        for name in (_INDEX, _PENALTIES):
+        for name in (_INDEX, _PENALTIES, "case_versions"):
             out.count("tracking positions")
             if rows.get(name, 0) > head:
                 out.add("tracking", rows[name], None, f"{t.name} row {name!r} is at {rows[name]:,}, beyond the "
                         f"journal head {head:,}")
         tables = set(inspect(store.engine).get_table_names())
-        for table, label in (("case_points_tracking", "case_points"), ("running_totals", "running totals")):
+        for table, label in (("running_totals", "running totals"),):
             if table not in tables:
                 continue
             for pos, in conn.execute(text(f"SELECT position FROM {table} WHERE position > :h"), {"h": head}):
@@ -340,18 +341,38 @@ def _dead_letters(store: LedgerStore, out: Verification) -> None:
 
 
 def _running_totals(store: LedgerStore, out: Verification) -> None:
-    if "running_totals" not in set(inspect(store.engine).get_table_names()):
-        return
+    """The case-points projection at every policy moment, and the running totals now, against
+    a cold replay of the journal (`reconcile`), for every pool-year either holds."""
+    from projections.chain import BrokenEntry
     from projections.running_totals import reconcile
 
+    if not out.ok:
+        return  # the journal itself is broken (named above): a replay of it proves nothing
+    tables = set(inspect(store.engine).get_table_names())
+    found: dict[str, set[tuple[str, int]]] = {}
     with store.engine.connect() as conn:
-        pool_years = conn.execute(text("SELECT DISTINCT pool, year FROM running_totals ORDER BY pool, year")).all()
-    for pool, year in pool_years:
+        for table in ("running_totals", "case_versions"):
+            if table in tables:
+                found[table] = {(p, int(y)) for p, y in conn.execute(text(f"SELECT DISTINCT pool, year FROM {table}"))}
+    running = found.get("running_totals", set())
+    for pool, year in sorted(running | found.get("case_versions", set())):
         out.count("running totals pool-years")
-        result = reconcile(store, pool, int(year))
+        try:
+            result = reconcile(store, pool, year, running=(pool, year) in running)
+        except BrokenEntry:
+            return
+        except (LookupError, ValueError) as exc:  # the replay itself cannot be computed now
+            out.add("running totals", None, None, f"{pool} {year}: the replay cannot be computed: {exc}")
+            continue
         for d in result.differences[:5]:
             out.add("running totals", None, None, f"{pool} {year} {d.hospital_id}: running totals differ from a "
                     f"full replay: {d.figures or d.error}")
+        for m in result.moments:
+            out.count("projection moments")
+            if not m.ok:
+                detail = m.differences[0].figures if m.differences else (m.projection_error, m.replay_error)
+                out.add("case-points projection", None, None, f"{pool} {year} as known at {m.known_at.isoformat()}: "
+                        f"the projection differs from a replay of the journal: {detail}")
 
 
 def _against_index(state: bytes, row: dict[str, Any] | None) -> str:

@@ -31,7 +31,6 @@ from mode import Service
 from projections.running_totals import (
     HospitalTotals,
     Key,
-    ParsedEvents,
     TotalsRow,
     create_tables,
     recompute,
@@ -58,8 +57,7 @@ def decode(value: bytes) -> Key | None:
         return None
 
 
-def recompute_all(store: LedgerStore, keys: Sequence[Key], last: dict[Key, TotalsRow],
-                  parsed: ParsedEvents | None = None) -> list[TotalsRow]:
+def recompute_all(store: LedgerStore, keys: Sequence[Key], last: dict[Key, TotalsRow]) -> list[TotalsRow]:
     """Recomputes each key as known now; an unexpected failure of one key is recorded on its row.
 
     `recompute` already turns a policy gap into a row with `error`; anything else (a bug,
@@ -70,7 +68,7 @@ def recompute_all(store: LedgerStore, keys: Sequence[Key], last: dict[Key, Total
     known_at = datetime.now(UTC)
     for key in keys:
         try:
-            rows.append(recompute(store, key, known_at, last.get(key), parsed))
+            rows.append(recompute(store, key, known_at, last.get(key)))
         except Exception as exc:  # recorded on the row, see the docstring
             if _is_database_error(exc):
                 raise  # the store is unreachable: retry the whole batch
@@ -108,7 +106,6 @@ def current_event(event: Any) -> Iterator[None]:
 # --------------------------------------------------------------------------- where the work runs
 
 _child_store: LedgerStore | None = None
-_child_parsed = ParsedEvents()
 
 
 def _child_open(database_url: str | None, parent: int | None = None) -> None:
@@ -140,7 +137,7 @@ def _exit_with_parent(parent: int) -> None:
 
 def _child_recompute(keys: list[Key], last: dict[Key, TotalsRow]) -> list[TotalsRow]:
     assert _child_store is not None
-    return recompute_all(_child_store, keys, last, _child_parsed)
+    return recompute_all(_child_store, keys, last)
 
 
 class Recomputer:

@@ -183,13 +183,18 @@ def check_dead_letters(f: EventFile, url: str, bootstrap: str, prefix: str) -> d
 
 
 def check_against_clearing(env: dict[str, str]) -> None:
-    """The running totals equal `drg-ledger clear`'s points per hospital (an independent fold)."""
-    totals = cli(env, "totals", "--pool", POOL, "--year", "2020", "--json")
+    """The worker's running totals equal `drg-ledger clear --cold`'s points per hospital (an
+    independent fold of the journal), and so do the store's own totals."""
+    totals = cli(env, "totals", "--worker", "--pool", POOL, "--year", "2020", "--json")
     assert totals.returncode == 0, totals.stderr
-    clear = cli(env, "clear", "--pool", POOL, "--year", "2020", "--json")
+    store_totals = cli(env, "totals", "--pool", POOL, "--year", "2020", "--json")
+    assert store_totals.returncode == 0, store_totals.stderr
+    clear = cli(env, "clear", "--cold", "--pool", POOL, "--year", "2020", "--json")
     assert clear.returncode == 0, clear.stderr
     rows = {r["hospital_id"]: r for r in json.loads(totals.stdout)}
+    mine = {r["hospital_id"]: r for r in json.loads(store_totals.stdout)}
     for h in json.loads(clear.stdout)["hospitals"]:
+        assert Decimal(mine[h["hospital_id"]]["net_points"]) == Decimal(h["net_points"])
         r = rows.get(h["hospital_id"])
         if r is None:
             assert Decimal(h["settled_points"]) == 0 and Decimal(h["deducted_points"]) == 0

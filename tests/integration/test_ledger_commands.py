@@ -111,10 +111,13 @@ def test_back_dated_catalogue_changes_the_clearing_only_when_known(loaded: str) 
                        "fund_due", "prepaid", "clearing_amount"}
 
 
-def test_cold_replay_of_the_journal_equals_the_indexed_clearing(loaded: str) -> None:
-    warm = data(run(loaded, "clear", "--pool", "panzhihua", "--year", "2020", "--known-at", AFTER))
+def test_cold_replay_of_the_journal_equals_the_projected_clearing(loaded: str) -> None:
+    projected = data(run(loaded, "clear", "--pool", "panzhihua", "--year", "2020", "--known-at", AFTER))
     cold = data(run(loaded, "clear", "--pool", "panzhihua", "--year", "2020", "--known-at", AFTER, "--cold"))
-    assert cold == warm
+    # the two read different things (case versions and pool events; the journal's events), at one position
+    a, b = projected.pop("basis"), cold.pop("basis")
+    assert a["journal_position"] == b["journal_position"] and a["events_read"] and b["events_read"]
+    assert cold == projected
 
 
 def test_recorded_clearing_makes_balances_final(loaded: str) -> None:

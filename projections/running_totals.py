@@ -470,7 +470,8 @@ def reconcile(store: LedgerStore, pool: str, year: int, known_at: datetime | Non
               running: bool = True) -> Reconciliation:
     """Compares, against a cold replay of the journal, the projection of `pool`/`year` at
     each of `moments` (default: `known_at` or now, and every policy moment of the pool-year)
-    and (with `running`) the mirrored running totals as known at `known_at`.
+    and (with `running`, when a stream worker keeps any for the pool-year) the mirrored
+    running totals as known at `known_at`.
 
     A hospital without a row must replay to zero; a row in error differs even if its last
     figures happen to match; a row that misses an event the store accepted more than `bound`
@@ -501,10 +502,10 @@ def reconcile(store: LedgerStore, pool: str, year: int, known_at: datetime | Non
             projection_error = str(exc)
         checks.append(MomentCheck(at, len(set(cold) | set(projected)), _compare(projected, cold), projection_error,
                                   replay_error))
-    if not running:
+    rows = {r.key.hospital_id: r for r in read_rows(engine, pool, year)} if running and _has_table(engine) else {}
+    if not rows:  # no stream worker keeps totals of this pool-year: nothing to compare them with
         return Reconciliation(pool, year, known_at, head, checks[-1].hospitals if checks else 0, [], [], bound, checks)
     replay = totals_by_hospital(settle(journal, pool, year, known_at))
-    rows = {r.key.hospital_id: r for r in read_rows(engine, pool, year)}
     diffs = []
     for hid in sorted(set(replay) | set(rows)):
         row = rows.get(hid)
@@ -517,3 +518,9 @@ def reconcile(store: LedgerStore, pool: str, year: int, known_at: datetime | Non
     late = [lag for lag in lagging(engine, pool, year)
             if lag.missed_since is None or lag.missed_since < cutoff]
     return Reconciliation(pool, year, known_at, head, len(set(replay) | set(rows)), diffs, late, bound, checks)
+
+
+def _has_table(engine: Engine) -> bool:
+    from sqlalchemy import inspect
+
+    return running_totals_table.name in inspect(engine).get_table_names()

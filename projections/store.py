@@ -109,8 +109,9 @@ DEFAULT_STATEMENT_TIMEOUT_S = 600
 
 FAULT_ENV = "DRG_LEDGER_FAULT_AT"
 """Fault injection for tests: the process exits (code 99, no clean-up, like a kill) at the
-named step of an append: `dead-letters`, `before-journal`, `journal`, `index`, `derivation`."""
-FAULT_STEPS = ("dead-letters", "before-journal", "journal", "index", "derivation")
+named step of an append: `dead-letters`, `before-journal`, `journal`, `projection` (the
+case-points rows written, their transaction not committed), `index`, `derivation`."""
+FAULT_STEPS = ("dead-letters", "before-journal", "journal", "projection", "index", "derivation")
 
 
 def checkpoint(step: str) -> None:
@@ -1200,6 +1201,7 @@ class LedgerStore:
                     # The case-points projection moves with the index, when it was at its position.
                     if case_versions.move(conn, position, rows[-1]["seq"]):
                         self._projector.apply(conn, [(nid, ev) for nid, ev, *_ in batch], pools)
+                    checkpoint("projection")
             except _IndexMoved:
                 self._position = -1
                 continue

@@ -15,6 +15,10 @@ An ingest in flight can show a passing hole: the store writes a batch's dead let
 its journal entries (a crash in between loses nothing), so for a moment a refused record's
 offset has its fate and the accepted ones before it not yet. A hole therefore counts only
 when it is missing in two looks `settle_s` apart (default 5 s; more than a batch takes).
+
+The marks audited are those of the log the broker holds now under the topic's name (its
+topic id, `projections.offsets.log_of`): after a broker lost its topics, the new log's, not
+the old one's. Without a broker, the log the store saw last.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import warnings
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from projections.offsets import PartitionMark, marks
+from projections.offsets import PartitionMark, last_log, log_of, marks
 
 if TYPE_CHECKING:
     from projections.store import LedgerStore
@@ -105,6 +109,13 @@ def log_offsets(bootstrap_servers: str, topic: str, timeout_s: float = 30.0) -> 
         consumer.close()
 
 
+def _topic_id(bootstrap_servers: str, topic: str) -> str | None:
+    """The broker's id of `topic` (None: absent, or a broker without ids)."""
+    from streams.topics import topic_ids
+
+    return topic_ids(bootstrap_servers, [topic]).get(topic)
+
+
 SETTLE_S = 5.0
 
 
@@ -127,11 +138,13 @@ def audit(store: LedgerStore, topic: str, bootstrap_servers: str | None = None,
     """The store's marks of `topic`, against the broker's log when `bootstrap_servers` is given;
     a hole counts when it is still there `settle_s` later (module docstring)."""
     logs = log_offsets(bootstrap_servers, topic) if bootstrap_servers else {}
-    starts = {(topic, p): start for p, (start, _) in logs.items()}
-    found = marks(store, topic, starts)
+    name = (log_of(store, topic, _topic_id(bootstrap_servers, topic), register=False) if bootstrap_servers
+            else last_log(store, topic))
+    starts = {(name, p): start for p, (start, _) in logs.items()}
+    found = marks(store, name, starts)
     if settle_s > 0 and any(m.holes for m in found.values()):
         time.sleep(settle_s)
-        again = marks(store, topic, starts)
+        again = marks(store, name, starts)
         found = {tp: replace(m, holes=intersect(found[tp].holes, m.holes)) if tp in found else m
                  for tp, m in again.items()}
     out = []

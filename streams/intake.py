@@ -16,6 +16,16 @@ but without a fate) and sought back to re-read them, and the running totals of t
 partitions' hospitals are brought up to the store's position. Kafka commits are advisory
 (lag monitoring only).
 
+A broker can lose its topics (Tansu keeps them in memory: a restart empties it) and come
+back with the same names standing for new, empty logs. The consumer records the events
+topic's log by its topic id (`projections.offsets.log_of`): origins and marks carry the
+log's name, so offsets of a new log never meet the fates of the old one. Every
+`$DRG_LEDGER_BROKER_CHECK_S` it asks the broker for its topics; when one is gone or the events
+topic has another id, it stops consuming and the worker restarts itself in place
+(streams/app.py): the topics are created again, the new log is read from its start, and
+Faust's table state, which described the lost changelog, starts afresh (totals are
+recomputed from the store).
+
 The blocking half (`run_batch`) is plain Python on a `LedgerStore`, run on a thread of its own.
 """
 
@@ -25,6 +35,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -243,6 +254,14 @@ def hole_ranges(mark: Any, position: int) -> list[tuple[int, int]]:
     return out
 
 
+BROKER_CHECK_ENV = "DRG_LEDGER_BROKER_CHECK_S"
+DEFAULT_BROKER_CHECK_S = 5.0
+"""How often the worker asks the broker whether its topics are still the logs it reads."""
+
+restart_requested: list[str] = []
+"""Why the worker must restart itself in place (streams/app.py `run_worker` reads it)."""
+
+
 class EventsConsumer:
     """Consumes the events topic with aiokafka; the store decides where each partition resumes."""
 
@@ -251,7 +270,12 @@ class EventsConsumer:
 
         self.app = app
         self.settings = settings
-        self.topic = TopicNames(settings.topic_prefix).events
+        self.names = TopicNames(settings.topic_prefix)
+        self.topic = self.names.events
+        self.topic_id: str | None = None  # the broker's id of the events topic this worker reads
+        self.log = self.topic  # the name its records are recorded under (projections.offsets.log_of)
+        self.restarting: str | None = None  # why the broker's topics are no longer what it reads
+        self.broker_check_s = float(os.environ.get(BROKER_CHECK_ENV) or DEFAULT_BROKER_CHECK_S)
         self.group = f"{settings.topic_prefix}.intake"
         self.dead_letters = dead_letters
         self.recompute = recompute
@@ -288,7 +312,12 @@ class EventsConsumer:
     def _marks(self, starts: dict[tuple[str, int], int]) -> dict[tuple[str, int], Any]:
         from projections.offsets import marks
 
-        return marks(self._store(), self.topic, starts)
+        return marks(self._store(), self.log, starts)
+
+    def _log_of(self, topic_id: str | None) -> str:
+        from projections.offsets import log_of
+
+        return log_of(self._store(), self.topic, topic_id)
 
     def _lagging(self, partitions: set[int], count: int) -> list[Key]:
         from projections.running_totals import create_tables, lagging
@@ -305,6 +334,7 @@ class EventsConsumer:
         from aiokafka import AIOKafkaConsumer
 
         await self._blocking(self._store)  # the store's tables exist before the first record is read
+        await retrying(self._identify, "identify the events topic's log")
         conf = self.app.conf
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap_servers, group_id=self.group,
@@ -319,8 +349,12 @@ class EventsConsumer:
         await retrying(self.consumer.start, "start the events consumer")
         log.info("consuming %s in group %s%s", self.topic, self.group,
                  f" as static member {self.settings.instance_id}" if self.settings.instance_id else "")
+        watch = asyncio.ensure_future(self._watch_broker())
         try:
             while True:
+                if self.restarting:
+                    await asyncio.sleep(1)
+                    continue
                 await self._resume_assigned()
                 before = dict(self._seeks)
                 got = await self.consumer.getmany(timeout_ms=int(self.settings.batch_within_s * 1000),
@@ -337,7 +371,7 @@ class EventsConsumer:
                         # aiokafka moved its position past the records it handed over, the
                         # seek notwithstanding: seek again, or they would become a hole.
                         self.consumer.seek(tp, self._sought[tp])
-                got = kept
+                got = kept if not self.restarting else {}
                 self.fault.apply(got)
                 batch = [r for recs in got.values() for r in recs]
                 if batch:
@@ -350,22 +384,66 @@ class EventsConsumer:
                     self._check_due = time.monotonic() + self.interval
                     await retrying(self.check, "audit offsets and totals")
         finally:
+            watch.cancel()
             await self.consumer.stop()
             self.executor.shutdown(wait=False)
 
+    async def _identify(self) -> None:
+        """Which log of the events topic this worker reads: the broker's topic id, recorded in the store."""
+        from streams.topics import ensure_topics, topic_ids
+
+        loop = asyncio.get_running_loop()
+        bootstrap = self.settings.bootstrap_servers
+        await loop.run_in_executor(None, lambda: ensure_topics(bootstrap, self.names.all(),
+                                                               partitions=self.settings.partitions))
+        ids = await loop.run_in_executor(None, topic_ids, bootstrap, [self.topic])
+        if self.topic not in ids:
+            raise RuntimeError(f"topic {self.topic} vanished while the worker started")
+        self.topic_id = ids[self.topic]
+        self.log = await self._blocking(self._log_of, self.topic_id)
+        log.info("reading %s, log %s (topic id %s)%s", self.topic, self.log, self.topic_id,
+                 "" if self.log == self.topic else ": the topic was recreated since the store first read it")
+
+    async def _watch_broker(self) -> None:
+        """Asks the broker every `broker_check_s` whether its topics are still the logs this
+        worker reads; when not (module docstring), restarts the worker in place."""
+        from streams.topics import topic_ids
+
+        loop = asyncio.get_running_loop()
+        while not self.restarting:
+            await asyncio.sleep(self.broker_check_s)
+            try:
+                ids = await loop.run_in_executor(None, topic_ids, self.settings.bootstrap_servers, self.names.all())
+            except Exception as exc:  # noqa: BLE001 - broker unreachable: the clients reconnect; look again
+                log.debug("broker check: %s", exc)
+                continue
+            lost = [n for n in self.names.all() if n not in ids]
+            changed = self.topic_id is not None and ids.get(self.topic) not in (None, self.topic_id)
+            if lost or changed:
+                why = (f"topics {', '.join(lost)} gone" if lost else "") + ("; " if lost and changed else "") + (
+                    f"topic {self.topic} recreated (id {self.topic_id} -> {ids[self.topic]})" if changed else "")
+                self.restart(why)
+
+    def restart(self, why: str) -> None:
+        """Stops consuming and stops the worker, which then starts itself again (streams/app.py)."""
+        self.restarting = why
+        restart_requested.append(why)
+        log.warning("the broker no longer holds the logs this worker reads (%s): restarting in place", why)
+        os.kill(os.getpid(), signal.SIGTERM)  # Faust's own graceful stop; run_worker then restarts
+
     async def _resume_assigned(self) -> None:
         """Seeks newly assigned partitions to the store's mark + 1 (the group's commit is advisory)."""
-        if not self._resume:
+        if not self._resume or self.restarting:
             return
         tps, self._resume = sorted(self._resume & self.assigned), set()
         if not tps:
             return
         starts = await self._starts(tps)
-        found = await retrying(lambda: self._blocking(self._marks, {(tp.topic, tp.partition): starts[tp] for tp in tps}),
+        found = await retrying(lambda: self._blocking(self._marks, {(self.log, tp.partition): starts[tp] for tp in tps}),
                                "read the store's offsets")
         committed = await self._committed(tps)
         for tp in tps:
-            m = found[(tp.topic, tp.partition)]
+            m = found[(self.log, tp.partition)]
             # Never past the store's mark. Before it when the group's commit is lower: the
             # commit follows the broker's acknowledgement of a batch's dead letters and
             # recompute requests, so the records after it may have been processed without
@@ -374,8 +452,8 @@ class EventsConsumer:
             self._seek(tp, at)
             self._ready.add(tp)
             if m.holes:
-                self._reread[(tp.topic, tp.partition)] = (at, m.highest)
-            log.info("partition %s/%d assigned: resuming at offset %d (store mark %d, group commit %s%s)", tp.topic,
+                self._reread[(self.log, tp.partition)] = (at, m.highest)
+            log.info("partition %s/%d assigned: resuming at offset %d (store mark %d, group commit %s%s)", self.log,
                      tp.partition, at, m.mark, committed.get(tp), f", holes {list(m.holes)}" if m.holes else "")
         # The seek re-reads every hole; the totals of these partitions' hospitals converge now.
         self._converge_now = True
@@ -413,20 +491,20 @@ class EventsConsumer:
         if not tps:
             return
         starts = await self._starts(tps)
-        found = await self._blocking(self._marks, {(tp.topic, tp.partition): starts[tp] for tp in tps})
+        found = await self._blocking(self._marks, {(self.log, tp.partition): starts[tp] for tp in tps})
         for tp in tps:
             try:
                 position = await asyncio.wait_for(self.consumer.position(tp), 5)
             except Exception:  # noqa: BLE001 - no longer ours (a rebalance) or no position yet
                 continue
-            m = found[(tp.topic, tp.partition)]
+            m = found[(self.log, tp.partition)]
             holes = hole_ranges(m, position)
             if holes:
                 at = max(m.mark + 1, starts[tp])
                 log.warning("partition %s/%d: offsets %s were handed over but have no fate in the store: "
-                            "re-reading from %d", tp.topic, tp.partition, holes, at)
+                            "re-reading from %d", self.log, tp.partition, holes, at)
                 self._seek(tp, at)
-                self._reread[(tp.topic, tp.partition)] = (at, max(position - 1, m.highest))
+                self._reread[(self.log, tp.partition)] = (at, max(position - 1, m.highest))
         await self.converge()
 
     async def converge(self) -> None:
@@ -456,7 +534,8 @@ class EventsConsumer:
     async def handle(self, records: Sequence[Any]) -> None:
         from streams.signed_intake import screened_batch  # it imports this module
 
-        messages = [Inbound(r.topic, r.partition, r.offset, r.key, r.value or b"") for r in records]
+        # Recorded under the log's name (`kafka:<log>/<partition>/<offset>`), not the topic's.
+        messages = [Inbound(self.log, r.partition, r.offset, r.key, r.value or b"") for r in records]
         headers = [r.headers for r in records]
         started = time.perf_counter()
         reread = dict(self._reread)
@@ -496,6 +575,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.owner._ready -= set(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        if self.owner.restarting:
+            return  # the broker lost the log these partitions were; nothing of it is read
         self.owner.assigned = set(assigned)
         self.owner._resume |= set(assigned)
         # Seek before the first fetch of the new assignment: getmany fetches only after this returns.

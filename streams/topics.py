@@ -237,6 +237,44 @@ def partition_counts(bootstrap_servers: str, names: Iterable[str]) -> dict[str, 
         admin.close()
 
 
+NO_TOPIC_ID = {None, "", "00000000-0000-0000-0000-000000000000", "AAAAAAAAAAAAAAAAAAAAAA"}
+
+
+def topic_ids(bootstrap_servers: str, names: Iterable[str]) -> dict[str, str | None]:
+    """The broker's topic id of each existing topic among `names` (absent ones are left out;
+    None for a broker that gives no ids). A topic deleted and created again under the same
+    name (a broker restarted with memory storage) has a new id: it is another log."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="drg-ledger-admin",
+                             request_timeout_ms=10_000)
+    try:
+        wanted = [n for n in names if n in set(admin.list_topics())]
+        found = admin.describe_topics(wanted) if wanted else []
+        return {d["name"]: (None if d.get("topic_id") in NO_TOPIC_ID else str(d["topic_id"])) for d in found}
+    finally:
+        admin.close()
+
+
+def delete_topics(bootstrap_servers: str, names: Iterable[str], timeout_s: float = 30.0) -> list[str]:
+    """Deletes the topics among `names` that exist; returns those deleted, once the broker
+    no longer lists them."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="drg-ledger-admin",
+                             request_timeout_ms=10_000)
+    try:
+        wanted = [n for n in names if n in set(admin.list_topics())]
+        if wanted:
+            admin.delete_topics(wanted)
+            deadline = time.monotonic() + timeout_s
+            while set(wanted) & set(admin.list_topics()) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        return wanted
+    finally:
+        admin.close()
+
+
 def describe() -> dict[str, Any]:
     """The JSON description of the topics (schemas/topics.json)."""
     return {

@@ -135,6 +135,7 @@ def run_worker(settings: WorkerSettings) -> None:
     worker = faust.Worker(app, loglevel=settings.loglevel, quiet=True)
     from streams import intake
 
+    intake.restart_now = lambda why: _restart_in_place(app, settings, why)
     try:
         worker.execute_from_commandline()
     except SystemExit:

@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -261,6 +262,13 @@ DEFAULT_BROKER_CHECK_S = 5.0
 restart_requested: list[str] = []
 """Why the worker must restart itself in place (streams/app.py `run_worker` reads it)."""
 
+RESTART_GRACE_S = 15.0
+"""How long Faust's graceful stop may take before the worker restarts anyway: its producer
+can wait for good on sends to topics the broker lost (seen: `Flush producer buffer...`)."""
+
+restart_now: Any = None
+"""`restart_now(why)` replaces the process at once (set by streams/app.py `run_worker`)."""
+
 
 class EventsConsumer:
     """Consumes the events topic with aiokafka; the store decides where each partition resumes."""
@@ -430,6 +438,14 @@ class EventsConsumer:
         restart_requested.append(why)
         log.warning("the broker no longer holds the logs this worker reads (%s): restarting in place", why)
         os.kill(os.getpid(), signal.SIGTERM)  # Faust's own graceful stop; run_worker then restarts
+        if restart_now is not None:
+            def overdue() -> None:
+                log.warning("the graceful stop takes over %.0f s: restarting now", RESTART_GRACE_S)
+                restart_now(why)
+
+            timer = threading.Timer(RESTART_GRACE_S, overdue)
+            timer.daemon = True
+            timer.start()
 
     async def _resume_assigned(self) -> None:
         """Seeks newly assigned partitions to the store's mark + 1 (the group's commit is advisory)."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, replace
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from projections.offsets import PartitionMark, last_log, log_of, marks
@@ -133,22 +134,55 @@ def intersect(a: tuple[tuple[int, int], ...], b: tuple[tuple[int, int], ...]) ->
     return tuple(out)
 
 
-def audit(store: LedgerStore, topic: str, bootstrap_servers: str | None = None,
+def audit(store: LedgerStore, topics: str | Sequence[str], bootstrap_servers: str | None = None,
           settle_s: float = SETTLE_S) -> StreamAudit:
-    """The store's marks of `topic`, against the broker's log when `bootstrap_servers` is given;
-    a hole counts when it is still there `settle_s` later (module docstring)."""
-    logs = log_offsets(bootstrap_servers, topic) if bootstrap_servers else {}
-    name = (log_of(store, topic, _topic_id(bootstrap_servers, topic), register=False) if bootstrap_servers
-            else last_log(store, topic))
-    starts = {(name, p): start for p, (start, _) in logs.items()}
-    found = marks(store, name, starts)
+    """The store's marks of `topics`, against the broker's logs when `bootstrap_servers` is
+    given; a hole counts when it is still there `settle_s` later (module docstring)."""
+    topics = [topics] if isinstance(topics, str) else list(topics)
+    logs: dict[str, dict[int, tuple[int, int]]] = {}
+    starts: dict[tuple[str, int], int] = {}
+    names: dict[str, str] = {}
+    for topic in topics:
+        logs[topic] = log_offsets(bootstrap_servers, topic) if bootstrap_servers else {}
+        names[topic] = (log_of(store, topic, _topic_id(bootstrap_servers, topic), register=False)
+                        if bootstrap_servers else last_log(store, topic))
+        starts.update({(names[topic], p): start for p, (start, _) in logs[topic].items()})
+
+    def look() -> dict[tuple[str, int], PartitionMark]:
+        found: dict[tuple[str, int], PartitionMark] = {}
+        for name in names.values():
+            found.update(marks(store, name, {k: v for k, v in starts.items() if k[0] == name}))
+        return found
+
+    found = look()
     if settle_s > 0 and any(m.holes for m in found.values()):
         time.sleep(settle_s)
-        again = marks(store, name, starts)
+        again = look()
         found = {tp: replace(m, holes=intersect(found[tp].holes, m.holes)) if tp in found else m
                  for tp, m in again.items()}
-    out = []
-    for (_, partition), m in found.items():
-        end = logs[partition][1] if partition in logs else None
-        out.append(PartitionAudit(m, end))
+    ends = {(names[t], p): end for t, parts in logs.items() for p, (_, end) in parts.items()}
+    out = [PartitionAudit(m, ends.get(key)) for key, m in found.items()]
     return StreamAudit(out, bootstrap_servers)
+
+
+def intake_topics(prefix: str, bootstrap_servers: str | None, store: LedgerStore) -> list[str]:
+    """The topics the worker of `prefix` reads: its events topic and every per-HIS topic,
+    those the broker holds (without a broker, those the store has records of)."""
+    import re
+
+    from projections.offsets import LOG_SEPARATOR
+    from streams.topics import TopicNames
+
+    names = TopicNames(prefix)
+    pattern = re.compile(names.intake_pattern())
+    if bootstrap_servers:
+        from kafka.admin import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="drg-ledger-audit")
+        try:
+            seen = set(admin.list_topics())
+        finally:
+            admin.close()
+    else:
+        seen = {log.split(LOG_SEPARATOR, 1)[0] for log, _ in marks(store)}
+    return [names.events] + sorted(t for t in seen if pattern.match(t) and t != names.events)

@@ -259,6 +259,9 @@ BROKER_CHECK_ENV = "DRG_LEDGER_BROKER_CHECK_S"
 DEFAULT_BROKER_CHECK_S = 5.0
 """How often the worker asks the broker whether its topics are still the logs it reads."""
 
+METADATA_MAX_AGE_MS = 15_000
+"""How soon the consumer sees a per-HIS topic created after it started (its pattern's topics)."""
+
 restart_requested: list[str] = []
 """Why the worker must restart itself in place (streams/app.py `run_worker` reads it)."""
 
@@ -279,9 +282,9 @@ class EventsConsumer:
         self.app = app
         self.settings = settings
         self.names = TopicNames(settings.topic_prefix)
-        self.topic = self.names.events
-        self.topic_id: str | None = None  # the broker's id of the events topic this worker reads
-        self.log = self.topic  # the name its records are recorded under (projections.offsets.log_of)
+        self.topic = self.names.events  # and every per-HIS topic (`names.intake_pattern()`)
+        self.topic_ids: dict[str, str | None] = {}  # per topic read, the broker's id of its log
+        self.logs: dict[str, str] = {}  # per topic read, the name its records are recorded under (log_of)
         self.restarting: str | None = None  # why the broker's topics are no longer what it reads
         self.broker_check_s = float(os.environ.get(BROKER_CHECK_ENV) or DEFAULT_BROKER_CHECK_S)
         self.group = f"{settings.topic_prefix}.intake"
@@ -320,21 +323,29 @@ class EventsConsumer:
     def _marks(self, starts: dict[tuple[str, int], int]) -> dict[tuple[str, int], Any]:
         from projections.offsets import marks
 
-        return marks(self._store(), self.log, starts)
+        found: dict[tuple[str, int], Any] = {}
+        for name in sorted({log_name for log_name, _ in starts}):
+            found.update(marks(self._store(), name, {k: v for k, v in starts.items() if k[0] == name}))
+        return found
 
-    def _log_of(self, topic_id: str | None) -> str:
+    def _log_of(self, topic: str, topic_id: str | None) -> str:
         from projections.offsets import log_of
 
-        return log_of(self._store(), self.topic, topic_id)
+        return log_of(self._store(), topic, topic_id)
 
-    def _lagging(self, partitions: set[int], count: int) -> list[Key]:
+    def _key(self, tp: Any) -> tuple[str, int]:
+        """(log name, partition) of a Kafka topic-partition: how the store knows it."""
+        return (self.logs[tp.topic], tp.partition)
+
+    def _lagging(self, partitions: set[int], count: int, hospitals: set[str]) -> list[Key]:
         from projections.running_totals import create_tables, lagging
         from streams.topics import partition_of
 
         engine = store_engine(self._store())
         create_tables(engine)
         return [lag.key for lag in lagging(engine)
-                if partition_of(lag.key.hospital_id.encode("utf-8"), count) in partitions]
+                if partition_of(lag.key.hospital_id.encode("utf-8"), count) in partitions
+                or lag.key.hospital_id in hospitals]
 
     # -- the loop
 
@@ -342,7 +353,7 @@ class EventsConsumer:
         from aiokafka import AIOKafkaConsumer
 
         await self._blocking(self._store)  # the store's tables exist before the first record is read
-        await retrying(self._identify, "identify the events topic's log")
+        await retrying(lambda: self._identify([self.topic], create=True), "identify the events topic's log")
         conf = self.app.conf
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap_servers, group_id=self.group,
@@ -352,8 +363,9 @@ class EventsConsumer:
             heartbeat_interval_ms=int(conf.broker_heartbeat_interval * 1000),
             rebalance_timeout_ms=int(conf.broker_rebalance_timeout * 1000),
             max_poll_records=self.settings.batch_size,
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
         )
-        self.consumer.subscribe([self.topic], listener=_Listener(self))
+        self.consumer.subscribe(pattern=self.names.intake_pattern(), listener=_Listener(self))
         await retrying(self.consumer.start, "start the events consumer")
         log.info("consuming %s in group %s%s", self.topic, self.group,
                  f" as static member {self.settings.instance_id}" if self.settings.instance_id else "")
@@ -396,21 +408,23 @@ class EventsConsumer:
             await self.consumer.stop()
             self.executor.shutdown(wait=False)
 
-    async def _identify(self) -> None:
-        """Which log of the events topic this worker reads: the broker's topic id, recorded in the store."""
+    async def _identify(self, topics: list[str], create: bool = False) -> None:
+        """Which log of each of `topics` this worker reads: the broker's topic id, recorded in the store."""
         from streams.topics import ensure_topics, topic_ids
 
         loop = asyncio.get_running_loop()
         bootstrap = self.settings.bootstrap_servers
-        await loop.run_in_executor(None, lambda: ensure_topics(bootstrap, self.names.all(),
-                                                               partitions=self.settings.partitions))
-        ids = await loop.run_in_executor(None, topic_ids, bootstrap, [self.topic])
-        if self.topic not in ids:
-            raise RuntimeError(f"topic {self.topic} vanished while the worker started")
-        self.topic_id = ids[self.topic]
-        self.log = await self._blocking(self._log_of, self.topic_id)
-        log.info("reading %s, log %s (topic id %s)%s", self.topic, self.log, self.topic_id,
-                 "" if self.log == self.topic else ": the topic was recreated since the store first read it")
+        if create:
+            await loop.run_in_executor(None, lambda: ensure_topics(bootstrap, self.names.all(),
+                                                                   partitions=self.settings.partitions))
+        ids = await loop.run_in_executor(None, topic_ids, bootstrap, topics)
+        for topic in topics:
+            if topic not in ids:
+                raise RuntimeError(f"topic {topic} vanished while the worker was to read it")
+            self.topic_ids[topic] = ids[topic]
+            self.logs[topic] = await self._blocking(self._log_of, topic, ids[topic])
+            log.info("reading %s, log %s (topic id %s)%s", topic, self.logs[topic], ids[topic],
+                     "" if self.logs[topic] == topic else ": the topic was recreated since the store first read it")
 
     async def _watch_broker(self) -> None:
         """Asks the broker every `broker_check_s` whether its topics are still the logs this
@@ -420,16 +434,18 @@ class EventsConsumer:
         loop = asyncio.get_running_loop()
         while not self.restarting:
             await asyncio.sleep(self.broker_check_s)
+            known = dict(self.topic_ids)
             try:
-                ids = await loop.run_in_executor(None, topic_ids, self.settings.bootstrap_servers, self.names.all())
+                ids = await loop.run_in_executor(None, topic_ids, self.settings.bootstrap_servers,
+                                                 sorted(set(self.names.all()) | set(known)))
             except Exception as exc:  # noqa: BLE001 - broker unreachable: the clients reconnect; look again
                 log.debug("broker check: %s", exc)
                 continue
             lost = [n for n in self.names.all() if n not in ids]
-            changed = self.topic_id is not None and ids.get(self.topic) not in (None, self.topic_id)
+            changed = [t for t, was in known.items() if was is not None and ids.get(t) not in (None, was)]
             if lost or changed:
-                why = (f"topics {', '.join(lost)} gone" if lost else "") + ("; " if lost and changed else "") + (
-                    f"topic {self.topic} recreated (id {self.topic_id} -> {ids[self.topic]})" if changed else "")
+                why = "; ".join([f"topics {', '.join(lost)} gone"] * bool(lost)
+                                + [f"topic {t} recreated (id {known[t]} -> {ids[t]})" for t in changed])
                 self.restart(why)
 
     def restart(self, why: str) -> None:
@@ -454,12 +470,15 @@ class EventsConsumer:
         tps, self._resume = sorted(self._resume & self.assigned), set()
         if not tps:
             return
+        unknown = sorted({tp.topic for tp in tps} - set(self.logs))
+        if unknown:  # a per-HIS topic seen for the first time
+            await retrying(lambda: self._identify(unknown), "identify the logs of " + ", ".join(unknown))
         starts = await self._starts(tps)
-        found = await retrying(lambda: self._blocking(self._marks, {(self.log, tp.partition): starts[tp] for tp in tps}),
+        found = await retrying(lambda: self._blocking(self._marks, {self._key(tp): starts[tp] for tp in tps}),
                                "read the store's offsets")
         committed = await self._committed(tps)
         for tp in tps:
-            m = found[(self.log, tp.partition)]
+            m = found[self._key(tp)]
             # Never past the store's mark. Before it when the group's commit is lower: the
             # commit follows the broker's acknowledgement of a batch's dead letters and
             # recompute requests, so the records after it may have been processed without
@@ -468,8 +487,8 @@ class EventsConsumer:
             self._seek(tp, at)
             self._ready.add(tp)
             if m.holes:
-                self._reread[(self.log, tp.partition)] = (at, m.highest)
-            log.info("partition %s/%d assigned: resuming at offset %d (store mark %d, group commit %s%s)", self.log,
+                self._reread[self._key(tp)] = (at, m.highest)
+            log.info("partition %s/%d assigned: resuming at offset %d (store mark %d, group commit %s%s)", self.logs[tp.topic],
                      tp.partition, at, m.mark, committed.get(tp), f", holes {list(m.holes)}" if m.holes else "")
         # The seek re-reads every hole; the totals of these partitions' hospitals converge now.
         self._converge_now = True
@@ -507,20 +526,20 @@ class EventsConsumer:
         if not tps:
             return
         starts = await self._starts(tps)
-        found = await self._blocking(self._marks, {(self.log, tp.partition): starts[tp] for tp in tps})
+        found = await self._blocking(self._marks, {self._key(tp): starts[tp] for tp in tps})
         for tp in tps:
             try:
                 position = await asyncio.wait_for(self.consumer.position(tp), 5)
             except Exception:  # noqa: BLE001 - no longer ours (a rebalance) or no position yet
                 continue
-            m = found[(self.log, tp.partition)]
+            m = found[self._key(tp)]
             holes = hole_ranges(m, position)
             if holes:
                 at = max(m.mark + 1, starts[tp])
                 log.warning("partition %s/%d: offsets %s were handed over but have no fate in the store: "
-                            "re-reading from %d", self.log, tp.partition, holes, at)
+                            "re-reading from %d", self.logs[tp.topic], tp.partition, holes, at)
                 self._seek(tp, at)
-                self._reread[(self.log, tp.partition)] = (at, max(position - 1, m.highest))
+                self._reread[self._key(tp)] = (at, max(position - 1, m.highest))
         await self.converge()
 
     async def converge(self) -> None:
@@ -530,7 +549,8 @@ class EventsConsumer:
         if not tps:
             return
         count = len(self.consumer.partitions_for_topic(self.topic) or ()) or self.settings.partitions
-        keys = await self._blocking(self._lagging, {tp.partition for tp in tps}, count)
+        his = {p.removeprefix("his:") for tp in tps if (p := self.names.principal_of(tp.topic))}
+        keys = await self._blocking(self._lagging, {tp.partition for tp in tps if tp.topic == self.topic}, count, his)
         if keys:
             log.info("%d running totals lag the store: requesting their recomputation", len(keys))
             futures = [await self.recompute.send(key=k.hospital_id.encode("utf-8"), value=request(k, "convergence"))
@@ -551,12 +571,13 @@ class EventsConsumer:
         from streams.signed_intake import screened_batch  # it imports this module
 
         # Recorded under the log's name (`kafka:<log>/<partition>/<offset>`), not the topic's.
-        messages = [Inbound(self.log, r.partition, r.offset, r.key, r.value or b"") for r in records]
+        messages = [Inbound(self.logs[r.topic], r.partition, r.offset, r.key, r.value or b"") for r in records]
         headers = [r.headers for r in records]
         started = time.perf_counter()
         reread = dict(self._reread)
         result = await retrying(lambda: self._blocking(lambda: screened_batch(
-            self._store(), messages, headers, self.keyring, run=lambda st, ms: run_batch(st, ms, reread))), "ingest")
+            self._store(), messages, headers, self.keyring, run=lambda st, ms: run_batch(st, ms, reread),
+            names=self.names)), "ingest")
         for m in messages:  # past the re-read range: judged as usual again
             tp = (m.topic, m.partition)
             if tp in self._reread and m.offset >= self._reread[tp][1]:

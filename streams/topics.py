@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -128,6 +129,28 @@ class TopicNames:
 
     def all(self) -> tuple[str, str, str]:
         return (self.events, self.dead_letters, self.recompute)
+
+    def his(self, hospital_id: str) -> str:
+        """The topic only hospital `hospital_id`'s HIS may write (its SASL principal's ACL,
+        deploy/README.md "Who may write"): `<prefix>.his.<hospital_id>`."""
+        if not HIS_ID.fullmatch(hospital_id):
+            raise ValueError(f"hospital id {hospital_id!r} cannot name a topic (letters, digits, '.', '_', '-')")
+        return f"{self.prefix}{HIS_INFIX}{hospital_id}"
+
+    def intake_pattern(self) -> str:
+        """The topics the worker reads: the events topic and every per-HIS topic."""
+        return rf"^{re.escape(self.prefix)}\.(events|his\.{HIS_ID.pattern})$"
+
+    def principal_of(self, topic: str) -> str | None:
+        """`his:<hospital_id>` for a per-HIS topic of this prefix, None for any other topic."""
+        head = f"{self.prefix}{HIS_INFIX}"
+        rest = topic.removeprefix(head)
+        return f"his:{rest}" if topic.startswith(head) and HIS_ID.fullmatch(rest) else None
+
+
+HIS_INFIX = ".his."
+HIS_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+"""Hospital ids that can name a topic (Kafka's topic alphabet); others publish to the events topic."""
 
 
 # --------------------------------------------------------------------------- keys

@@ -154,6 +154,61 @@ def test_only_signed_messages_of_their_own_hospital_reach_the_ledger(
     timings_file("fault-signed", numbers | {"forged_dead_letters": len(letters), "duplicates": f.duplicates})
 
 
+def test_a_his_writes_its_own_topic_and_nothing_else_on_it_reaches_the_ledger(
+    tmp_path: Path, stream_env: dict[str, str], workers: Any, kafka_bootstrap: str, topic_prefix: str,
+    e2e_database_url: str,
+) -> None:
+    """Per-HIS topics (deploy/README.md "Who may write"): hospital X's HIS publishes to
+    `<prefix>.his.X`, which the broker's ACLs let only its principal write; the worker reads it
+    beside the events topic and refuses anything on it that is not X's (`wrong_topic`)."""
+    f = write_event_file(tmp_path / "events.jsonl", max(500, EVENTS // 3), seed=43)
+    x, y = sorted(f.hospitals)[:2]
+
+    def source(line: bytes) -> str | None:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            return None
+        return obj.get("source") if isinstance(obj, dict) else None
+
+    lines = f.path.read_bytes().splitlines(keepends=True)
+    own = [ln for ln in lines if source(ln) == f"his:{x}"]
+    (tmp_path / "shared.jsonl").write_bytes(b"".join(ln for ln in lines if source(ln) != f"his:{x}"))
+    (tmp_path / "own.jsonl").write_bytes(b"".join(own))
+    registered = next(json.loads(ln)["event_id"] for ln in lines if b'"HospitalRegistered"' in ln
+                      and json.loads(ln)["payload"]["hospital_id"] == x)
+    worker = workers()
+    worker.wait_ready()
+    started = time.monotonic()
+    shared = cli(stream_env, "publish", str(tmp_path / "shared.jsonl"), "--send-invalid", "--json")
+    assert json.loads(shared.stdout)["failed"] == 0, shared.stderr[-2000:]
+    deadline = time.monotonic() + 120
+    while registered not in stored_ids(e2e_database_url):  # X's cases come after X's registration
+        assert time.monotonic() < deadline, worker.tail()
+        time.sleep(0.5)
+    his = TopicNames(topic_prefix).his(x)
+    published = cli(stream_env, "publish", str(tmp_path / "own.jsonl"), "--his", x, "--send-invalid", "--json")
+    assert json.loads(published.stdout)["topic"] == his and json.loads(published.stdout)["sent"] == len(own) > 0
+    now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - 60))
+    intruders = [json.dumps({"event_id": f"intruder-{n}", "event_type": "CaseSubmitted", "schema_version": 1,
+                             "recorded_at": now, "source": f"his:{y}",
+                             "payload": {"case_id": f"I{n}", "hospital_id": y, "revision": 1,
+                                         "admission_date": "2020-05-01", "discharge_date": "2020-05-02",
+                                         "drg_code": "ES23", "total_cost": "100.00", "procedure_codes": []}}).encode()
+                 for n in range(5)]
+    send_raw(kafka_bootstrap, his, [(v, []) for v in intruders])
+
+    numbers = settled(stream_env, e2e_database_url, f, worker, started)
+    letters = dead_letter_rows(e2e_database_url)
+    wrong = [(o, r) for o, _, r, eid in letters if (eid or "").startswith("intruder-")]
+    assert len(wrong) == 5 and all(o.startswith(f"kafka:{his}/") and r.startswith("wrong_topic") for o, r in wrong)
+    assert len(letters) == len(f.bad) + 5
+    audited = json.loads(cli(stream_env, "stream-audit", "--settle", "0", "--json").stdout)
+    assert {p["topic"] for p in audited["partitions"]} == {TopicNames(topic_prefix).events, his}
+    assert audited["ok"] and audited["lag"] == 0
+    timings_file("his-topic", numbers | {"on_his_topic": len(own), "wrong_topic_dead_letters": len(wrong)})
+
+
 # --------------------------------------------------------------------------- redelivery
 
 

@@ -176,9 +176,9 @@ def intake_topics(prefix: str, bootstrap_servers: str | None, store: LedgerStore
     names = TopicNames(prefix)
     pattern = re.compile(names.intake_pattern())
     if bootstrap_servers:
-        from kafka.admin import KafkaAdminClient
+        from streams.topics import admin_client
 
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="drg-ledger-audit")
+        admin = admin_client(bootstrap_servers, "drg-ledger-audit")
         try:
             seen = set(admin.list_topics())
         finally:

@@ -274,7 +274,8 @@ restart_now: Any = None
 
 
 class EventsConsumer:
-    """Consumes the events topic with aiokafka; the store decides where each partition resumes."""
+    """Consumes the events topic and the per-HIS topics with aiokafka; the store decides where
+    each partition resumes."""
 
     def __init__(self, app: Any, settings: Any, dead_letters: Any, recompute: Any) -> None:
         from streams.topics import TopicNames

@@ -307,6 +307,7 @@ class EventsConsumer:
         self._sought: dict[Any, int] = {}  # per partition, the offset it was last sought to
         self._ready: set[Any] = set()  # assigned partitions already sought from the store's mark
         self._reread: dict[tuple[str, int], tuple[int, int]] = {}  # offsets re-read after a hole
+        self._next: dict[Any, int] = {}  # per partition, the offset after the last record handled
 
     # -- blocking work, on the intake thread (LedgerStore is one per thread)
 
@@ -392,12 +393,15 @@ class EventsConsumer:
                         # aiokafka moved its position past the records it handed over, the
                         # seek notwithstanding: seek again, or they would become a hole.
                         self.consumer.seek(tp, self._sought[tp])
+                if kept and await self._went_back(kept, before):
+                    kept = {}
                 got = kept if not self.restarting else {}
                 self.fault.apply(got)
                 batch = [r for recs in got.values() for r in recs]
                 if batch:
                     await self.handle(batch)
                     await self._commit(got)
+                    self._next.update({tp: recs[-1].offset + 1 for tp, recs in got.items() if recs})
                 if self._converge_now:
                     self._converge_now = False
                     await retrying(self.converge, "bring the running totals up to the store")
@@ -449,6 +453,34 @@ class EventsConsumer:
                                 + [f"topic {t} recreated (id {known[t]} -> {ids[t]})" for t in changed])
                 self.restart(why)
 
+    async def _logs_changed(self, topics: list[str]) -> bool:
+        """Whether any of `topics` is now another log than the one this worker reads (then it restarts)."""
+        from streams.topics import topic_ids
+
+        if not topics:
+            return False
+        loop = asyncio.get_running_loop()
+        try:
+            ids = await loop.run_in_executor(None, topic_ids, self.settings.bootstrap_servers, topics)
+        except Exception as exc:  # noqa: BLE001 - unreachable: the periodic check looks again
+            log.debug("log check: %s", exc)
+            return False
+        changed = [t for t in topics if self.topic_ids.get(t) is not None and ids.get(t) != self.topic_ids[t]]
+        if changed:
+            self.restart("; ".join(f"topic {t} is another log now (id {self.topic_ids[t]} -> {ids.get(t)})"
+                                   for t in changed))
+        return bool(changed)
+
+    async def _went_back(self, got: dict[Any, list[Any]], before: dict[Any, int]) -> bool:
+        """Records below what this worker already read, with no seek of its own: the client
+        reset its position, as it does on a log that restarted. Checks the logs before using them."""
+        back = sorted({tp.topic for tp, recs in got.items()
+                       if recs and recs[0].offset < self._next.get(tp, 0) and self._seeks.get(tp, 0) == before.get(tp, 0)})
+        if back:
+            log.info("offsets of %s went back without a seek: checking the topics are still the logs read",
+                     ", ".join(back))
+        return await self._logs_changed(back)
+
     def restart(self, why: str) -> None:
         """Stops consuming and stops the worker, which then starts itself again (streams/app.py)."""
         self.restarting = why
@@ -471,6 +503,8 @@ class EventsConsumer:
         tps, self._resume = sorted(self._resume & self.assigned), set()
         if not tps:
             return
+        if await self._logs_changed(sorted({tp.topic for tp in tps} & set(self.logs))):
+            return  # a rejoin after the broker lost its topics: nothing of the new logs is read here
         unknown = sorted({tp.topic for tp in tps} - set(self.logs))
         if unknown:  # a per-HIS topic seen for the first time
             await retrying(lambda: self._identify(unknown), "identify the logs of " + ", ".join(unknown))
@@ -512,6 +546,7 @@ class EventsConsumer:
         self.consumer.seek(tp, offset)
         self._seeks[tp] = self._seeks.get(tp, 0) + 1
         self._sought[tp] = offset
+        self._next[tp] = offset
 
     async def _starts(self, tps: list[Any]) -> dict[Any, int]:
         try:

@@ -16,12 +16,16 @@ but without a fate) and sought back to re-read them, and the running totals of t
 partitions' hospitals are brought up to the store's position. Kafka commits are advisory
 (lag monitoring only).
 
+Besides the events topic it reads every per-HIS topic `<prefix>.his.<hospital_id>` (one
+pattern subscription): what only that HIS may write, checked by streams/signed_intake.py.
+
 A broker can lose its topics (Tansu keeps them in memory: a restart empties it) and come
-back with the same names standing for new, empty logs. The consumer records the events
-topic's log by its topic id (`projections.offsets.log_of`): origins and marks carry the
-log's name, so offsets of a new log never meet the fates of the old one. Every
-`$DRG_LEDGER_BROKER_CHECK_S` it asks the broker for its topics; when one is gone or the events
-topic has another id, it stops consuming and the worker restarts itself in place
+back with the same names standing for new, empty logs. The consumer records each topic's
+log by its topic id (`projections.offsets.log_of`): origins and marks carry the log's name,
+so offsets of a new log never meet the fates of the old one. Every
+`$DRG_LEDGER_BROKER_CHECK_S`, on every assignment, and when offsets go back without a seek,
+it asks the broker for its topics; when one is gone or has another id, it stops consuming
+and the worker restarts itself in place
 (streams/app.py): the topics are created again, the new log is read from its start, and
 Faust's table state, which described the lost changelog, starts afresh (totals are
 recomputed from the store).

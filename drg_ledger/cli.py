@@ -661,6 +661,9 @@ def publish(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON Lines, one event envelope per line."),
     bootstrap_servers: str = BootstrapServers,
     topic: Optional[str] = typer.Option(None, "--topic", help="Default: <topic prefix>.events."),
+    his: Optional[str] = typer.Option(None, "--his", help="Publish to this hospital's own topic "
+                                      "<topic prefix>.his.<hospital_id>, which only its HIS may write "
+                                      "(deploy/README.md 'Who may write')."),
     topic_prefix: str = TopicPrefix,
     send_invalid: bool = typer.Option(False, "--send-invalid",
                                       help="Send invalid lines too (tests push malformed messages on purpose)."),
@@ -677,7 +680,12 @@ def publish(
     from streams.publish import publish as run
     from streams.topics import TopicNames
 
-    topic = topic or TopicNames(topic_prefix).events
+    if his is not None and topic is not None:
+        fail(2, "--his names the topic: give --his or --topic, not both")
+    try:
+        topic = TopicNames(topic_prefix).his(his) if his is not None else (topic or TopicNames(topic_prefix).events)
+    except ValueError as exc:
+        fail(2, str(exc))
     with file.open("rb") as fh:
         total = sum(1 for _ in fh)
     keyring = keyring_of(key_file)
@@ -814,7 +822,7 @@ def reconcile(
     from projections.running_totals import create_tables, store_engine
     from projections.running_totals import reconcile as run
     from streams.audit import audit as stream_audit
-    from streams.topics import TopicNames
+    from streams.audit import intake_topics
 
     with open_store(database_url) as store:
         create_tables(store_engine(store))
@@ -823,7 +831,7 @@ def reconcile(
             result = run(store, pool, year, moments=moments)
         except (ClearingError, PolicyMissing) as exc:
             fail(EXIT_CANNOT_COMPUTE, str(exc))
-        stream = stream_audit(store, TopicNames(topic_prefix).events, bootstrap_servers)
+        stream = stream_audit(store, intake_topics(topic_prefix, bootstrap_servers, store), bootstrap_servers)
     if as_json:
         emit({**result.as_json(), "ok": result.ok and stream.ok, "stream_audit": stream.as_json()})
     if not as_json:
@@ -883,15 +891,15 @@ def stream_audit_command(
     database_url: Optional[str] = DatabaseUrl,
     as_json: bool = JsonOut,
 ) -> None:
-    """Per partition of the events topic: the broker's offsets against what the store processed.
+    """Per partition of the events topic and of every per-HIS topic: the broker's offsets
+    against what the store processed.
 
     Names every offset the store never saw (a hole) and the lag; exit 1 when a hole remains.
     """
-    from streams.audit import audit
-    from streams.topics import TopicNames
+    from streams.audit import audit, intake_topics
 
     with open_store(database_url) as store:
-        result = audit(store, TopicNames(topic_prefix).events, bootstrap_servers, settle)
+        result = audit(store, intake_topics(topic_prefix, bootstrap_servers, store), bootstrap_servers, settle)
     if as_json:
         emit(result.as_json())
     else:

@@ -11,15 +11,22 @@ From it, per partition: the **mark**, the highest offset m such that every offse
 log start to m has a fate (the worker resumes at mark + 1, whatever the consumer group
 committed), and the **holes**, offsets above the log start and below the highest processed
 offset that have none (a record the consumer library never handed over, or lost).
+
+A topic name can stand for several logs: a broker that lost its topics (Tansu keeps them in
+memory) recreates them empty, with a new topic id, their offsets from 0 again. Each log
+gets a name of its own (`log_of`, table `kafka_logs`), and origins and marks use that name,
+so the marks of the new log never describe the old one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Column, DateTime, MetaData, String, Table, func, inspect, select
+from sqlalchemy.exc import IntegrityError
 
 from projections.store import consumed_offsets_table
 
@@ -117,3 +124,72 @@ def marks(store: LedgerStore, topic: str | None = None,
         if tp not in out and (topic is None or tp[0] == topic):
             out[tp] = PartitionMark(tp[0], tp[1], start, 0, start - 1, ())
     return dict(sorted(out.items()))
+
+
+# --------------------------------------------------------------------------- which log of a topic
+
+kafka_logs_metadata = MetaData()
+kafka_logs_table = Table(
+    "kafka_logs",
+    kafka_logs_metadata,
+    Column("topic", String(249), primary_key=True),
+    Column("topic_id", String(64), primary_key=True, comment="the broker's topic id (a UUID) of this log"),
+    Column("log", String(249), nullable=False, comment="the name origins and consumed_offsets use for it"),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
+    comment="every log a topic name has stood for: a topic deleted and recreated (a Tansu restart) "
+            "restarts its offsets at 0, so its records are another log's (projections/offsets.py)",
+)
+
+LOG_SEPARATOR = "#"
+"""Between a topic's name and the number of its log: never in a Kafka topic name ([A-Za-z0-9._-])."""
+
+
+def create_log_table(engine: Any) -> None:
+    """Creates `kafka_logs` if missing (the owner's migration does; the worker too, when it may)."""
+    kafka_logs_metadata.create_all(engine)
+
+
+def log_of(store: LedgerStore, topic: str, topic_id: str | None, *, register: bool = True) -> str:
+    """The name under which the records of `topic`'s log `topic_id` are recorded
+    (`kafka:<log>/<partition>/<offset>`, `consumed_offsets.topic`).
+
+    The first log seen of a topic is recorded under the topic's own name (so every origin
+    written before logs were told apart keeps its meaning); each later one, a topic recreated
+    under the same name, under `<topic>#<n>`, n = 2, 3, ...: its offsets start again at 0
+    and must not meet the marks, holes and dead letters of the log before it. `register`
+    records a log not seen before (the worker); without it (an audit) an unseen log gets the
+    name it would get. Without a topic id (a broker that has none) the topic's name.
+    """
+    if not topic_id:
+        return topic
+    t = kafka_logs_table
+    engine = store.engine
+    if not inspect(engine).has_table(t.name):
+        if not register:
+            return topic
+        create_log_table(engine)
+    for _ in range(3):
+        with engine.connect() as conn:
+            known = dict(conn.execute(select(t.c.topic_id, t.c.log).where(t.c.topic == topic)).all())
+        if topic_id in known:
+            return str(known[topic_id])
+        log = topic if not known else f"{topic}{LOG_SEPARATOR}{len(known) + 1}"
+        if not register:
+            return log
+        try:
+            with engine.begin() as conn:
+                conn.execute(t.insert().values(topic=topic, topic_id=topic_id, log=log, seen_at=datetime.now(UTC)))
+            return log
+        except IntegrityError:  # another worker registered it first: read its name
+            continue
+    raise RuntimeError(f"could not register log {topic_id} of topic {topic}")
+
+
+def last_log(store: LedgerStore, topic: str) -> str:
+    """The name of the log of `topic` the store saw last (the topic's own name when none)."""
+    t = kafka_logs_table
+    if not inspect(store.engine).has_table(t.name):
+        return topic
+    with store.engine.connect() as conn:
+        row = conn.execute(select(t.c.log).where(t.c.topic == topic).order_by(t.c.seen_at.desc()).limit(1)).first()
+    return topic if row is None else str(row[0])

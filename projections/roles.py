@@ -6,7 +6,8 @@ it creates every table, the append-only triggers on the journal and its chain
 - SELECT and INSERT the journal and its chain (plus the notification-id sequence and the
   owner's SECURITY DEFINER lock function: PostgreSQL's LOCK TABLE ... IN EXCLUSIVE MODE
   would otherwise ask for UPDATE);
-- SELECT and INSERT the dead letters and the pool claims (never change or remove one);
+- SELECT and INSERT the dead letters, the pool claims and the Kafka logs seen
+  (`kafka_logs`, projections/offsets.py) (never change or remove one);
 - read and write the tables derived from the journal (index, tracking, running totals,
   case points): they are rebuilt from it, and `verify` checks them against it.
 The application then connects as that role (`DRG_LEDGER_DATABASE_URL`); the owner URL
@@ -78,10 +79,11 @@ def migrate(owner_url: str, app_role: str | None = None, app_password: str | Non
 
         conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(s, role))
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s, role))
-        for table in (journal_table, chain_table, "dead_letters", "hospital_pools"):
+        append_only = (journal_table, chain_table, "dead_letters", "hospital_pools", "kafka_logs")
+        for table in append_only:
             grant(APPEND_ONLY, table)
         for table in tables:
-            if table not in (journal_table, chain_table, "dead_letters", "hospital_pools"):
+            if table not in append_only:
                 grant(DERIVED, table)
         for (seq,) in conn.execute(
             "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -103,11 +105,13 @@ def migrate(owner_url: str, app_role: str | None = None, app_password: str | Non
 
 
 def _derived_tables(store: LedgerStore) -> None:
-    """Creates the derived tables the worker and the projections keep, so the app role never
-    needs CREATE."""
-    from projections import running_totals
+    """Creates the derived tables the worker and the projections keep (and the worker's
+    record of Kafka logs), so the app role never needs CREATE; the store has created its own
+    (case_versions among them)."""
+    from projections import offsets, running_totals
 
-    running_totals.create_tables(store.engine)  # the store has created its own (case_versions among them)
+    offsets.create_log_table(store.engine)
+    running_totals.create_tables(store.engine)
 
 
 def triggers_present(store: LedgerStore) -> list[str]:

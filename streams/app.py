@@ -13,11 +13,14 @@ idempotent instead).
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import shutil
+import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
-from streams.topics import DEFAULT_PREFIX, PARTITIONS, TopicNames, ensure_topics, partition_counts
+from streams.topics import DEFAULT_PREFIX, PARTITIONS, TopicNames, delete_topics, ensure_topics, partition_counts
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +88,37 @@ def create_app(settings: WorkerSettings) -> Any:
     return app
 
 
+AFTER_BROKER_LOSS_ENV = "DRG_LEDGER_AFTER_BROKER_LOSS"
+"""Set by a worker that restarts itself in place after its broker lost its topics (why)."""
+
+
+def changelog_topic(settings: WorkerSettings) -> str:
+    """The changelog topic Faust keeps for the totals table (`<app id>-<table>-changelog`)."""
+    from streams.recompute import TABLE
+
+    return f"{settings.topic_prefix}-{TABLE}-changelog"
+
+
 def run_worker(settings: WorkerSettings) -> None:
-    """Creates the topics if needed and runs the worker until it is stopped (SIGINT/SIGTERM)."""
+    """Creates the topics if needed and runs the worker until it is stopped (SIGINT/SIGTERM).
+
+    When the broker lost the worker's topics (streams/intake.py), the worker stops and starts
+    itself again in the same process (`os.execv`, same pid and arguments): a fresh Faust app
+    on the recreated topics, the events read from the new log's start (its own name in the
+    store: projections/offsets.py). What the table's changelog holds by then was written into
+    the new broker by the stopping worker before it noticed; it is emptied, and the totals are
+    recomputed from the store (the table's local state, RocksDB, described the lost changelog:
+    it is removed too).
+    """
     import faust
 
     names = TopicNames(settings.topic_prefix)
+    after_loss = os.environ.pop(AFTER_BROKER_LOSS_ENV, None)
+    if after_loss:
+        log.warning("restarted in place after the broker lost its topics (%s)", after_loss)
+        emptied = delete_topics(settings.bootstrap_servers, [changelog_topic(settings)])
+        if emptied:
+            log.info("emptied %s (written into the new broker before the loss was noticed)", ", ".join(emptied))
     created = ensure_topics(settings.bootstrap_servers, names.all(), partitions=settings.partitions)
     if created:
         log.info("created topics %s", ", ".join(created))
@@ -104,4 +133,26 @@ def run_worker(settings: WorkerSettings) -> None:
     # faust.Worker directly, not `app.main()`: the CLI would turn the web server back on
     # unless given --without-web (KAFKA-AND-STORES.md); here web_enabled=False holds.
     worker = faust.Worker(app, loglevel=settings.loglevel, quiet=True)
-    worker.execute_from_commandline()
+    from streams import intake
+
+    intake.restart_now = lambda why: _restart_in_place(app, settings, why)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        if not intake.restart_requested:
+            raise
+        _restart_in_place(app, settings, intake.restart_requested[0])
+
+
+def _restart_in_place(app: Any, settings: WorkerSettings, why: str) -> None:
+    """Replaces this process with a fresh worker (same pid, same command line)."""
+    for child in multiprocessing.active_children():  # the recompute process: never left behind
+        child.terminate()
+        child.join(10)
+    if settings.store.startswith("rocksdb"):
+        shutil.rmtree(app.conf.tabledir, ignore_errors=True)
+    os.environ[AFTER_BROKER_LOSS_ENV] = why
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, sys.orig_argv)

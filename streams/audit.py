@@ -15,6 +15,10 @@ An ingest in flight can show a passing hole: the store writes a batch's dead let
 its journal entries (a crash in between loses nothing), so for a moment a refused record's
 offset has its fate and the accepted ones before it not yet. A hole therefore counts only
 when it is missing in two looks `settle_s` apart (default 5 s; more than a batch takes).
+
+The marks audited are those of the log the broker holds now under the topic's name (its
+topic id, `projections.offsets.log_of`): after a broker lost its topics, the new log's, not
+the old one's. Without a broker, the log the store saw last.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, replace
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from projections.offsets import PartitionMark, marks
+from projections.offsets import PartitionMark, last_log, log_of, marks
 
 if TYPE_CHECKING:
     from projections.store import LedgerStore
@@ -105,6 +110,13 @@ def log_offsets(bootstrap_servers: str, topic: str, timeout_s: float = 30.0) -> 
         consumer.close()
 
 
+def _topic_id(bootstrap_servers: str, topic: str) -> str | None:
+    """The broker's id of `topic` (None: absent, or a broker without ids)."""
+    from streams.topics import topic_ids
+
+    return topic_ids(bootstrap_servers, [topic]).get(topic)
+
+
 SETTLE_S = 5.0
 
 
@@ -122,20 +134,55 @@ def intersect(a: tuple[tuple[int, int], ...], b: tuple[tuple[int, int], ...]) ->
     return tuple(out)
 
 
-def audit(store: LedgerStore, topic: str, bootstrap_servers: str | None = None,
+def audit(store: LedgerStore, topics: str | Sequence[str], bootstrap_servers: str | None = None,
           settle_s: float = SETTLE_S) -> StreamAudit:
-    """The store's marks of `topic`, against the broker's log when `bootstrap_servers` is given;
-    a hole counts when it is still there `settle_s` later (module docstring)."""
-    logs = log_offsets(bootstrap_servers, topic) if bootstrap_servers else {}
-    starts = {(topic, p): start for p, (start, _) in logs.items()}
-    found = marks(store, topic, starts)
+    """The store's marks of `topics`, against the broker's logs when `bootstrap_servers` is
+    given; a hole counts when it is still there `settle_s` later (module docstring)."""
+    topics = [topics] if isinstance(topics, str) else list(topics)
+    logs: dict[str, dict[int, tuple[int, int]]] = {}
+    starts: dict[tuple[str, int], int] = {}
+    names: dict[str, str] = {}
+    for topic in topics:
+        logs[topic] = log_offsets(bootstrap_servers, topic) if bootstrap_servers else {}
+        names[topic] = (log_of(store, topic, _topic_id(bootstrap_servers, topic), register=False)
+                        if bootstrap_servers else last_log(store, topic))
+        starts.update({(names[topic], p): start for p, (start, _) in logs[topic].items()})
+
+    def look() -> dict[tuple[str, int], PartitionMark]:
+        found: dict[tuple[str, int], PartitionMark] = {}
+        for name in names.values():
+            found.update(marks(store, name, {k: v for k, v in starts.items() if k[0] == name}))
+        return found
+
+    found = look()
     if settle_s > 0 and any(m.holes for m in found.values()):
         time.sleep(settle_s)
-        again = marks(store, topic, starts)
+        again = look()
         found = {tp: replace(m, holes=intersect(found[tp].holes, m.holes)) if tp in found else m
                  for tp, m in again.items()}
-    out = []
-    for (_, partition), m in found.items():
-        end = logs[partition][1] if partition in logs else None
-        out.append(PartitionAudit(m, end))
+    ends = {(names[t], p): end for t, parts in logs.items() for p, (_, end) in parts.items()}
+    out = [PartitionAudit(m, ends.get(key)) for key, m in found.items()]
     return StreamAudit(out, bootstrap_servers)
+
+
+def intake_topics(prefix: str, bootstrap_servers: str | None, store: LedgerStore) -> list[str]:
+    """The topics the worker of `prefix` reads: its events topic and every per-HIS topic,
+    those the broker holds (without a broker, those the store has records of)."""
+    import re
+
+    from projections.offsets import LOG_SEPARATOR
+    from streams.topics import TopicNames
+
+    names = TopicNames(prefix)
+    pattern = re.compile(names.intake_pattern())
+    if bootstrap_servers:
+        from streams.topics import admin_client
+
+        admin = admin_client(bootstrap_servers, "drg-ledger-audit")
+        try:
+            seen = set(admin.list_topics())
+        finally:
+            admin.close()
+    else:
+        seen = {log.split(LOG_SEPARATOR, 1)[0] for log, _ in marks(store)}
+    return [names.events] + sorted(t for t in seen if pattern.match(t) and t != names.events)

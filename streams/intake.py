@@ -16,6 +16,20 @@ but without a fate) and sought back to re-read them, and the running totals of t
 partitions' hospitals are brought up to the store's position. Kafka commits are advisory
 (lag monitoring only).
 
+Besides the events topic it reads every per-HIS topic `<prefix>.his.<hospital_id>` (one
+pattern subscription): what only that HIS may write, checked by streams/signed_intake.py.
+
+A broker can lose its topics (Tansu keeps them in memory: a restart empties it) and come
+back with the same names standing for new, empty logs. The consumer records each topic's
+log by its topic id (`projections.offsets.log_of`): origins and marks carry the log's name,
+so offsets of a new log never meet the fates of the old one. Every
+`$DRG_LEDGER_BROKER_CHECK_S`, on every assignment, and when offsets go back without a seek,
+it asks the broker for its topics; when one is gone or has another id, it stops consuming
+and the worker restarts itself in place
+(streams/app.py): the topics are created again, the new log is read from its start, and
+Faust's table state, which described the lost changelog, starts afresh (totals are
+recomputed from the store).
+
 The blocking half (`run_batch`) is plain Python on a `LedgerStore`, run on a thread of its own.
 """
 
@@ -25,6 +39,8 @@ import asyncio
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -243,15 +259,39 @@ def hole_ranges(mark: Any, position: int) -> list[tuple[int, int]]:
     return out
 
 
+BROKER_CHECK_ENV = "DRG_LEDGER_BROKER_CHECK_S"
+DEFAULT_BROKER_CHECK_S = 5.0
+"""How often the worker asks the broker whether its topics are still the logs it reads."""
+
+METADATA_MAX_AGE_MS = 15_000
+"""How soon the consumer sees a per-HIS topic created after it started (its pattern's topics)."""
+
+restart_requested: list[str] = []
+"""Why the worker must restart itself in place (streams/app.py `run_worker` reads it)."""
+
+RESTART_GRACE_S = 15.0
+"""How long Faust's graceful stop may take before the worker restarts anyway: its producer
+can wait for good on sends to topics the broker lost (seen: `Flush producer buffer...`)."""
+
+restart_now: Any = None
+"""`restart_now(why)` replaces the process at once (set by streams/app.py `run_worker`)."""
+
+
 class EventsConsumer:
-    """Consumes the events topic with aiokafka; the store decides where each partition resumes."""
+    """Consumes the events topic and the per-HIS topics with aiokafka; the store decides where
+    each partition resumes."""
 
     def __init__(self, app: Any, settings: Any, dead_letters: Any, recompute: Any) -> None:
         from streams.topics import TopicNames
 
         self.app = app
         self.settings = settings
-        self.topic = TopicNames(settings.topic_prefix).events
+        self.names = TopicNames(settings.topic_prefix)
+        self.topic = self.names.events  # and every per-HIS topic (`names.intake_pattern()`)
+        self.topic_ids: dict[str, str | None] = {}  # per topic read, the broker's id of its log
+        self.logs: dict[str, str] = {}  # per topic read, the name its records are recorded under (log_of)
+        self.restarting: str | None = None  # why the broker's topics are no longer what it reads
+        self.broker_check_s = float(os.environ.get(BROKER_CHECK_ENV) or DEFAULT_BROKER_CHECK_S)
         self.group = f"{settings.topic_prefix}.intake"
         self.dead_letters = dead_letters
         self.recompute = recompute
@@ -271,6 +311,7 @@ class EventsConsumer:
         self._sought: dict[Any, int] = {}  # per partition, the offset it was last sought to
         self._ready: set[Any] = set()  # assigned partitions already sought from the store's mark
         self._reread: dict[tuple[str, int], tuple[int, int]] = {}  # offsets re-read after a hole
+        self._next: dict[Any, int] = {}  # per partition, the offset after the last record handled
 
     # -- blocking work, on the intake thread (LedgerStore is one per thread)
 
@@ -288,16 +329,29 @@ class EventsConsumer:
     def _marks(self, starts: dict[tuple[str, int], int]) -> dict[tuple[str, int], Any]:
         from projections.offsets import marks
 
-        return marks(self._store(), self.topic, starts)
+        found: dict[tuple[str, int], Any] = {}
+        for name in sorted({log_name for log_name, _ in starts}):
+            found.update(marks(self._store(), name, {k: v for k, v in starts.items() if k[0] == name}))
+        return found
 
-    def _lagging(self, partitions: set[int], count: int) -> list[Key]:
+    def _log_of(self, topic: str, topic_id: str | None) -> str:
+        from projections.offsets import log_of
+
+        return log_of(self._store(), topic, topic_id)
+
+    def _key(self, tp: Any) -> tuple[str, int]:
+        """(log name, partition) of a Kafka topic-partition: how the store knows it."""
+        return (self.logs[tp.topic], tp.partition)
+
+    def _lagging(self, partitions: set[int], count: int, hospitals: set[str]) -> list[Key]:
         from projections.running_totals import create_tables, lagging
         from streams.topics import partition_of
 
         engine = store_engine(self._store())
         create_tables(engine)
         return [lag.key for lag in lagging(engine)
-                if partition_of(lag.key.hospital_id.encode("utf-8"), count) in partitions]
+                if partition_of(lag.key.hospital_id.encode("utf-8"), count) in partitions
+                or lag.key.hospital_id in hospitals]
 
     # -- the loop
 
@@ -305,6 +359,7 @@ class EventsConsumer:
         from aiokafka import AIOKafkaConsumer
 
         await self._blocking(self._store)  # the store's tables exist before the first record is read
+        await retrying(lambda: self._identify([self.topic], create=True), "identify the events topic's log")
         conf = self.app.conf
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap_servers, group_id=self.group,
@@ -314,13 +369,18 @@ class EventsConsumer:
             heartbeat_interval_ms=int(conf.broker_heartbeat_interval * 1000),
             rebalance_timeout_ms=int(conf.broker_rebalance_timeout * 1000),
             max_poll_records=self.settings.batch_size,
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
         )
-        self.consumer.subscribe([self.topic], listener=_Listener(self))
+        self.consumer.subscribe(pattern=self.names.intake_pattern(), listener=_Listener(self))
         await retrying(self.consumer.start, "start the events consumer")
         log.info("consuming %s in group %s%s", self.topic, self.group,
                  f" as static member {self.settings.instance_id}" if self.settings.instance_id else "")
+        watch = asyncio.ensure_future(self._watch_broker())
         try:
             while True:
+                if self.restarting:
+                    await asyncio.sleep(1)
+                    continue
                 await self._resume_assigned()
                 before = dict(self._seeks)
                 got = await self.consumer.getmany(timeout_ms=int(self.settings.batch_within_s * 1000),
@@ -337,12 +397,15 @@ class EventsConsumer:
                         # aiokafka moved its position past the records it handed over, the
                         # seek notwithstanding: seek again, or they would become a hole.
                         self.consumer.seek(tp, self._sought[tp])
-                got = kept
+                if kept and await self._went_back(kept, before):
+                    kept = {}
+                got = kept if not self.restarting else {}
                 self.fault.apply(got)
                 batch = [r for recs in got.values() for r in recs]
                 if batch:
                     await self.handle(batch)
                     await self._commit(got)
+                    self._next.update({tp: recs[-1].offset + 1 for tp, recs in got.items() if recs})
                 if self._converge_now:
                     self._converge_now = False
                     await retrying(self.converge, "bring the running totals up to the store")
@@ -350,22 +413,111 @@ class EventsConsumer:
                     self._check_due = time.monotonic() + self.interval
                     await retrying(self.check, "audit offsets and totals")
         finally:
+            watch.cancel()
             await self.consumer.stop()
             self.executor.shutdown(wait=False)
 
+    async def _identify(self, topics: list[str], create: bool = False) -> None:
+        """Which log of each of `topics` this worker reads: the broker's topic id, recorded in the store."""
+        from streams.topics import ensure_topics, topic_ids
+
+        loop = asyncio.get_running_loop()
+        bootstrap = self.settings.bootstrap_servers
+        if create:
+            await loop.run_in_executor(None, lambda: ensure_topics(bootstrap, self.names.all(),
+                                                                   partitions=self.settings.partitions))
+        ids = await loop.run_in_executor(None, topic_ids, bootstrap, topics)
+        for topic in topics:
+            if topic not in ids:
+                raise RuntimeError(f"topic {topic} vanished while the worker was to read it")
+            self.topic_ids[topic] = ids[topic]
+            self.logs[topic] = await self._blocking(self._log_of, topic, ids[topic])
+            log.info("reading %s, log %s (topic id %s)%s", topic, self.logs[topic], ids[topic],
+                     "" if self.logs[topic] == topic else ": the topic was recreated since the store first read it")
+
+    async def _watch_broker(self) -> None:
+        """Asks the broker every `broker_check_s` whether its topics are still the logs this
+        worker reads; when not (module docstring), restarts the worker in place."""
+        from streams.topics import topic_ids
+
+        loop = asyncio.get_running_loop()
+        while not self.restarting:
+            await asyncio.sleep(self.broker_check_s)
+            known = dict(self.topic_ids)
+            try:
+                ids = await loop.run_in_executor(None, topic_ids, self.settings.bootstrap_servers,
+                                                 sorted(set(self.names.all()) | set(known)))
+            except Exception as exc:  # noqa: BLE001 - broker unreachable: the clients reconnect; look again
+                log.debug("broker check: %s", exc)
+                continue
+            lost = [n for n in self.names.all() if n not in ids]
+            changed = [t for t, was in known.items() if was is not None and ids.get(t) not in (None, was)]
+            if lost or changed:
+                why = "; ".join([f"topics {', '.join(lost)} gone"] * bool(lost)
+                                + [f"topic {t} recreated (id {known[t]} -> {ids[t]})" for t in changed])
+                self.restart(why)
+
+    async def _logs_changed(self, topics: list[str]) -> bool:
+        """Whether any of `topics` is now another log than the one this worker reads (then it restarts)."""
+        from streams.topics import topic_ids
+
+        if not topics:
+            return False
+        loop = asyncio.get_running_loop()
+        try:
+            ids = await loop.run_in_executor(None, topic_ids, self.settings.bootstrap_servers, topics)
+        except Exception as exc:  # noqa: BLE001 - unreachable: the periodic check looks again
+            log.debug("log check: %s", exc)
+            return False
+        changed = [t for t in topics if self.topic_ids.get(t) is not None and ids.get(t) != self.topic_ids[t]]
+        if changed:
+            self.restart("; ".join(f"topic {t} is another log now (id {self.topic_ids[t]} -> {ids.get(t)})"
+                                   for t in changed))
+        return bool(changed)
+
+    async def _went_back(self, got: dict[Any, list[Any]], before: dict[Any, int]) -> bool:
+        """Records below what this worker already read, with no seek of its own: the client
+        reset its position, as it does on a log that restarted. Checks the logs before using them."""
+        back = sorted({tp.topic for tp, recs in got.items()
+                       if recs and recs[0].offset < self._next.get(tp, 0) and self._seeks.get(tp, 0) == before.get(tp, 0)})
+        if back:
+            log.info("offsets of %s went back without a seek: checking the topics are still the logs read",
+                     ", ".join(back))
+        return await self._logs_changed(back)
+
+    def restart(self, why: str) -> None:
+        """Stops consuming and stops the worker, which then starts itself again (streams/app.py)."""
+        self.restarting = why
+        restart_requested.append(why)
+        log.warning("the broker no longer holds the logs this worker reads (%s): restarting in place", why)
+        os.kill(os.getpid(), signal.SIGTERM)  # Faust's own graceful stop; run_worker then restarts
+        if restart_now is not None:
+            def overdue() -> None:
+                log.warning("the graceful stop takes over %.0f s: restarting now", RESTART_GRACE_S)
+                restart_now(why)
+
+            timer = threading.Timer(RESTART_GRACE_S, overdue)
+            timer.daemon = True
+            timer.start()
+
     async def _resume_assigned(self) -> None:
         """Seeks newly assigned partitions to the store's mark + 1 (the group's commit is advisory)."""
-        if not self._resume:
+        if not self._resume or self.restarting:
             return
         tps, self._resume = sorted(self._resume & self.assigned), set()
         if not tps:
             return
+        if await self._logs_changed(sorted({tp.topic for tp in tps} & set(self.logs))):
+            return  # a rejoin after the broker lost its topics: nothing of the new logs is read here
+        unknown = sorted({tp.topic for tp in tps} - set(self.logs))
+        if unknown:  # a per-HIS topic seen for the first time
+            await retrying(lambda: self._identify(unknown), "identify the logs of " + ", ".join(unknown))
         starts = await self._starts(tps)
-        found = await retrying(lambda: self._blocking(self._marks, {(tp.topic, tp.partition): starts[tp] for tp in tps}),
+        found = await retrying(lambda: self._blocking(self._marks, {self._key(tp): starts[tp] for tp in tps}),
                                "read the store's offsets")
         committed = await self._committed(tps)
         for tp in tps:
-            m = found[(tp.topic, tp.partition)]
+            m = found[self._key(tp)]
             # Never past the store's mark. Before it when the group's commit is lower: the
             # commit follows the broker's acknowledgement of a batch's dead letters and
             # recompute requests, so the records after it may have been processed without
@@ -374,8 +526,8 @@ class EventsConsumer:
             self._seek(tp, at)
             self._ready.add(tp)
             if m.holes:
-                self._reread[(tp.topic, tp.partition)] = (at, m.highest)
-            log.info("partition %s/%d assigned: resuming at offset %d (store mark %d, group commit %s%s)", tp.topic,
+                self._reread[self._key(tp)] = (at, m.highest)
+            log.info("partition %s/%d assigned: resuming at offset %d (store mark %d, group commit %s%s)", self.logs[tp.topic],
                      tp.partition, at, m.mark, committed.get(tp), f", holes {list(m.holes)}" if m.holes else "")
         # The seek re-reads every hole; the totals of these partitions' hospitals converge now.
         self._converge_now = True
@@ -398,6 +550,7 @@ class EventsConsumer:
         self.consumer.seek(tp, offset)
         self._seeks[tp] = self._seeks.get(tp, 0) + 1
         self._sought[tp] = offset
+        self._next[tp] = offset
 
     async def _starts(self, tps: list[Any]) -> dict[Any, int]:
         try:
@@ -413,20 +566,20 @@ class EventsConsumer:
         if not tps:
             return
         starts = await self._starts(tps)
-        found = await self._blocking(self._marks, {(tp.topic, tp.partition): starts[tp] for tp in tps})
+        found = await self._blocking(self._marks, {self._key(tp): starts[tp] for tp in tps})
         for tp in tps:
             try:
                 position = await asyncio.wait_for(self.consumer.position(tp), 5)
             except Exception:  # noqa: BLE001 - no longer ours (a rebalance) or no position yet
                 continue
-            m = found[(tp.topic, tp.partition)]
+            m = found[self._key(tp)]
             holes = hole_ranges(m, position)
             if holes:
                 at = max(m.mark + 1, starts[tp])
                 log.warning("partition %s/%d: offsets %s were handed over but have no fate in the store: "
-                            "re-reading from %d", tp.topic, tp.partition, holes, at)
+                            "re-reading from %d", self.logs[tp.topic], tp.partition, holes, at)
                 self._seek(tp, at)
-                self._reread[(tp.topic, tp.partition)] = (at, max(position - 1, m.highest))
+                self._reread[self._key(tp)] = (at, max(position - 1, m.highest))
         await self.converge()
 
     async def converge(self) -> None:
@@ -436,7 +589,8 @@ class EventsConsumer:
         if not tps:
             return
         count = len(self.consumer.partitions_for_topic(self.topic) or ()) or self.settings.partitions
-        keys = await self._blocking(self._lagging, {tp.partition for tp in tps}, count)
+        his = {p.removeprefix("his:") for tp in tps if (p := self.names.principal_of(tp.topic))}
+        keys = await self._blocking(self._lagging, {tp.partition for tp in tps if tp.topic == self.topic}, count, his)
         if keys:
             log.info("%d running totals lag the store: requesting their recomputation", len(keys))
             futures = [await self.recompute.send(key=k.hospital_id.encode("utf-8"), value=request(k, "convergence"))
@@ -456,12 +610,14 @@ class EventsConsumer:
     async def handle(self, records: Sequence[Any]) -> None:
         from streams.signed_intake import screened_batch  # it imports this module
 
-        messages = [Inbound(r.topic, r.partition, r.offset, r.key, r.value or b"") for r in records]
+        # Recorded under the log's name (`kafka:<log>/<partition>/<offset>`), not the topic's.
+        messages = [Inbound(self.logs[r.topic], r.partition, r.offset, r.key, r.value or b"") for r in records]
         headers = [r.headers for r in records]
         started = time.perf_counter()
         reread = dict(self._reread)
         result = await retrying(lambda: self._blocking(lambda: screened_batch(
-            self._store(), messages, headers, self.keyring, run=lambda st, ms: run_batch(st, ms, reread))), "ingest")
+            self._store(), messages, headers, self.keyring, run=lambda st, ms: run_batch(st, ms, reread),
+            names=self.names)), "ingest")
         for m in messages:  # past the re-read range: judged as usual again
             tp = (m.topic, m.partition)
             if tp in self._reread and m.offset >= self._reread[tp][1]:
@@ -496,6 +652,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.owner._ready -= set(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        if self.owner.restarting:
+            return  # the broker lost the log these partitions were; nothing of it is read
         self.owner.assigned = set(assigned)
         self.owner._resume |= set(assigned)
         # Seek before the first fetch of the new assignment: getmany fetches only after this returns.

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger.events import LEDGER_WRITTEN, InvalidEvent, decode_line, parse_event
-from streams.topics import EVENTS, ensure_topics, key_for
+from streams.topics import EVENTS, client_options, ensure_topics, key_for
 
 CASE_MEMORY = 1_000_000
 """Cases whose hospital the publisher remembers to key their verdicts (oldest forgotten first)."""
@@ -87,6 +87,7 @@ def producer(bootstrap_servers: str, **overrides: Any) -> Any:
         "max_in_flight_requests_per_connection": 5,
         "retries": 2**31 - 1,
         "delivery_timeout_ms": 120_000,
+        **client_options(),  # SASL/SCRAM as the HIS's principal, when configured
     }
     settings.update(overrides)
     return KafkaProducer(**settings)

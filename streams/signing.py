@@ -24,6 +24,11 @@ last key listed for the event's source.
 `payload.hospital_id` is hospital B, or a HIS key on an operator's event). A value that does
 not parse passes the signature check when its signature is good: the ledger's own
 validation then refuses it naming the field. The same check will guard the HTTP intake.
+
+`topic_check` is the same rule for the broker's own proof of who wrote a message: a
+per-HIS topic (`<prefix>.his.<hospital_id>`, streams/topics.py) that only that HIS's SASL
+principal may write (deploy/README.md "Who may write") carries that hospital's events only;
+anything else on it is refused `wrong_topic`.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class SignatureRefusal(str, Enum):
     UNKNOWN_KEY = "unknown_key"
     BAD_SIGNATURE = "bad_signature"
     WRONG_SIGNER = "wrong_signer"
+    WRONG_TOPIC = "wrong_topic"
 
 
 @dataclass(frozen=True)
@@ -74,14 +80,30 @@ class Key:
     secret: bytes
 
     def may_sign(self, source: str, hospital_id: str | None) -> bool:
-        """A HIS key signs its own hospital's events only; an operator key operators' events."""
-        if self.principal == "operator:*":
-            return source.startswith("operator:")
-        if source != self.principal:
-            return False
-        if self.principal.startswith("his:"):
-            return hospital_id is None or hospital_id == self.principal.removeprefix("his:")
-        return True
+        return may_speak_for(self.principal, source, hospital_id)
+
+
+def may_speak_for(principal: str, source: str, hospital_id: str | None) -> bool:
+    """A HIS principal speaks for its own hospital's events only; an operator principal
+    for operators' events (`operator:*`: any operator)."""
+    if principal == "operator:*":
+        return source.startswith("operator:")
+    if source != principal:
+        return False
+    if principal.startswith("his:"):
+        return hospital_id is None or hospital_id == principal.removeprefix("his:")
+    return True
+
+
+def topic_check(value: bytes, principal: str, topic: str) -> Refusal | None:
+    """Why a message on `topic`, which only `principal` may write, is refused (None: it is
+    an event `principal` may speak for, or not an event at all: the ledger refuses that)."""
+    event_id, source, hospital_id = _claims(value)
+    if source is None or may_speak_for(principal, source, hospital_id):
+        return None
+    whose = f"source {source!r}" + (f", hospital {hospital_id!r}" if hospital_id else "")
+    return Refusal(SignatureRefusal.WRONG_TOPIC, "source",
+                   f"wrong_topic: topic {topic} takes the events of {principal} only, not an event of {whose}", event_id)
 
 
 class Keyring:

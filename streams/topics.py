@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -129,6 +131,28 @@ class TopicNames:
     def all(self) -> tuple[str, str, str]:
         return (self.events, self.dead_letters, self.recompute)
 
+    def his(self, hospital_id: str) -> str:
+        """The topic only hospital `hospital_id`'s HIS may write (its SASL principal's ACL,
+        deploy/README.md "Who may write"): `<prefix>.his.<hospital_id>`."""
+        if not HIS_ID.fullmatch(hospital_id):
+            raise ValueError(f"hospital id {hospital_id!r} cannot name a topic (letters, digits, '.', '_', '-')")
+        return f"{self.prefix}{HIS_INFIX}{hospital_id}"
+
+    def intake_pattern(self) -> str:
+        """The topics the worker reads: the events topic and every per-HIS topic."""
+        return rf"^{re.escape(self.prefix)}\.(events|his\.{HIS_ID.pattern})$"
+
+    def principal_of(self, topic: str) -> str | None:
+        """`his:<hospital_id>` for a per-HIS topic of this prefix, None for any other topic."""
+        head = f"{self.prefix}{HIS_INFIX}"
+        rest = topic.removeprefix(head)
+        return f"his:{rest}" if topic.startswith(head) and HIS_ID.fullmatch(rest) else None
+
+
+HIS_INFIX = ".his."
+HIS_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+"""Hospital ids that can name a topic (Kafka's topic alphabet); others publish to the events topic."""
+
 
 # --------------------------------------------------------------------------- keys
 
@@ -185,6 +209,35 @@ def key_skew(keys: Iterable[str], partitions: int = PARTITIONS,
             "max_over_mean": max(load) / mean if mean else 0.0, "empty": sum(1 for x in load if not x)}
 
 
+# --------------------------------------------------------------------------- connecting
+
+SECURITY_ENV = {
+    "security_protocol": "KAFKA_SECURITY_PROTOCOL",  # PLAINTEXT (default), SASL_SSL, SASL_PLAINTEXT, SSL
+    "sasl_mechanism": "KAFKA_SASL_MECHANISM",  # SCRAM-SHA-512 (deploy/README.md "Who may write")
+    "sasl_plain_username": "KAFKA_SASL_USERNAME",
+    "ssl_cafile": "KAFKA_SSL_CAFILE",
+}
+SASL_PASSWORD_FILE_ENV = "KAFKA_SASL_PASSWORD_FILE"
+
+
+def client_options(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """kafka-python connection settings from the environment: how a HIS's `drg-ledger
+    publish` authenticates as its SASL/SCRAM principal (the password read from a file,
+    never given on a command line). Empty: plaintext, no authentication."""
+    env = dict(os.environ) if env is None else env
+    out: dict[str, Any] = {k: env[v] for k, v in SECURITY_ENV.items() if env.get(v)}
+    if env.get(SASL_PASSWORD_FILE_ENV):
+        out["sasl_plain_password"] = Path(env[SASL_PASSWORD_FILE_ENV]).read_text(encoding="utf-8").strip()
+    return out
+
+
+def admin_client(bootstrap_servers: str, client_id: str = "drg-ledger-admin") -> Any:
+    from kafka.admin import KafkaAdminClient
+
+    return KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=client_id, request_timeout_ms=10_000,
+                            **client_options())
+
+
 # --------------------------------------------------------------------------- admin
 
 
@@ -195,14 +248,13 @@ def ensure_topics(bootstrap_servers: str, names: Iterable[str] = TopicNames().al
 
     Retries while the broker is not answering yet, up to `timeout_s`.
     """
-    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.admin import NewTopic
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="drg-ledger-admin",
-                                     request_timeout_ms=10_000)
+            admin = admin_client(bootstrap_servers)
             break
         except KafkaError:
             if time.monotonic() > deadline:
@@ -226,13 +278,42 @@ def ensure_topics(bootstrap_servers: str, names: Iterable[str] = TopicNames().al
 
 def partition_counts(bootstrap_servers: str, names: Iterable[str]) -> dict[str, int]:
     """The partition count of each existing topic among `names` (absent ones are left out)."""
-    from kafka.admin import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="drg-ledger-admin",
-                             request_timeout_ms=10_000)
+    admin = admin_client(bootstrap_servers)
     try:
         wanted = [n for n in names if n in set(admin.list_topics())]
         return {d["name"]: len(d["partitions"]) for d in admin.describe_topics(wanted)} if wanted else {}
+    finally:
+        admin.close()
+
+
+NO_TOPIC_ID = {None, "", "00000000-0000-0000-0000-000000000000", "AAAAAAAAAAAAAAAAAAAAAA"}
+
+
+def topic_ids(bootstrap_servers: str, names: Iterable[str]) -> dict[str, str | None]:
+    """The broker's topic id of each existing topic among `names` (absent ones are left out;
+    None for a broker that gives no ids). A topic deleted and created again under the same
+    name (a broker restarted with memory storage) has a new id: it is another log."""
+    admin = admin_client(bootstrap_servers)
+    try:
+        wanted = [n for n in names if n in set(admin.list_topics())]
+        found = admin.describe_topics(wanted) if wanted else []
+        return {d["name"]: (None if d.get("topic_id") in NO_TOPIC_ID else str(d["topic_id"])) for d in found}
+    finally:
+        admin.close()
+
+
+def delete_topics(bootstrap_servers: str, names: Iterable[str], timeout_s: float = 30.0) -> list[str]:
+    """Deletes the topics among `names` that exist; returns those deleted, once the broker
+    no longer lists them."""
+    admin = admin_client(bootstrap_servers)
+    try:
+        wanted = [n for n in names if n in set(admin.list_topics())]
+        if wanted:
+            admin.delete_topics(wanted)
+            deadline = time.monotonic() + timeout_s
+            while set(wanted) & set(admin.list_topics()) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        return wanted
     finally:
         admin.close()
 

@@ -29,6 +29,7 @@ def ingest_at(store: LedgerStore, partition: int, first: int, raws: list[bytes])
 
 def test_kafka_origin_parses_topic_partition_offset() -> None:
     assert kafka_origin("kafka:drg-ledger.events/3/1228") == ("drg-ledger.events", 3, 1228)
+    assert kafka_origin("kafka:drg-ledger.events#2/3/0") == ("drg-ledger.events#2", 3, 0)
     assert kafka_origin("kafka:a.b-c_d/0/0") == ("a.b-c_d", 0, 0)
     assert kafka_origin("file:events.jsonl:7") is None
     assert kafka_origin("kafka:nopartition/12") is None
@@ -154,3 +155,34 @@ def test_stream_audit_command_names_the_holes_and_exits_1(database_url: str, mon
         ingest_at(store, 0, 2, lines(case("C2"), case("C3"), case("C4")))
     done = runner.invoke(app, args)
     assert done.exit_code == 0 and "no hole" in done.output
+
+
+def test_a_recreated_topic_is_another_log_and_its_offsets_meet_none_of_the_old_fates(database_url: str) -> None:
+    """Why the broker-restart test lost an event (issue 12): Tansu restarted empty, the worker
+    read the recreated topic from offset 0 under the old origins, and a valid record at an
+    offset whose old record had been dead-lettered was taken for that refusal redelivered
+    (`run_batch` step 1): never stored. Each log of a topic name now has a name of its own."""
+    from projections.offsets import last_log, log_of
+    from streams.intake import Inbound, run_batch
+
+    with LedgerStore(database_url, late_window=WIDE) as store:
+        old = log_of(store, TOPIC, "id-1")
+        assert old == TOPIC, "the first log keeps the topic's name (origins written before keep their meaning)"
+        first = [*lines(hospital("H001"), policy("drg_table"), case("C1")), b"{not json"]
+        run_batch(store, [Inbound(old, 0, i, None, v) for i, v in enumerate(first)])
+        # The broker lost its topics; the same name is now a new log, offsets from 0 again.
+        late = lines(hospital("H001"), policy("drg_table"), case("C1"), case("C2"))
+        under_old_name = run_batch(store, [Inbound(old, 0, i, None, v) for i, v in enumerate(late)])
+        c2 = json.loads(late[3])["event_id"]
+        assert under_old_name.accepted == 0 and [r.message.offset for r in under_old_name.refused] == [3]
+        assert store.stored_event_ids([c2]) == set(), "under the old name, case C2 at offset 3 is taken for the "\
+            "old offset 3's dead letter redelivered: lost"
+
+        new = log_of(store, TOPIC, "id-2")
+        assert new == f"{TOPIC}#2" and log_of(store, TOPIC, "id-2") == new and log_of(store, TOPIC, "id-1") == old
+        assert last_log(store, TOPIC) == new
+        assert marks(store, new) == {}, "the new log has no fate yet: it is read from its start"
+        result = run_batch(store, [Inbound(new, 0, i, None, v) for i, v in enumerate(late)])
+        assert (result.accepted, result.duplicates, result.refused) == (1, 3, [])
+        assert store.stored_event_ids([c2]) == {c2}
+        assert marks(store, new)[(new, 0)].mark == 3 and marks(store, old)[(old, 0)].mark == 3

@@ -60,3 +60,32 @@ def test_without_a_key_file_every_message_goes_on_to_the_ledger(database_url: st
         store.ingest([json.dumps(f.hospital("H001"))], origin="file:reg", backfill=True)
         result = screened_batch(store, [Inbound("t", 0, 0, None, _case("C1", "H001"))], [[]], None)
         assert result.accepted == 1 and not result.refused
+
+
+def test_a_per_his_topic_carries_its_own_hospitals_events_only(database_url: str) -> None:
+    """`drg.his.H001` is writable by H001's SASL principal only (deploy/README.md): an event
+    of H002 or an operator's on it is refused `wrong_topic`, also after the topic was
+    recreated (its log `drg.his.H001#2`), with or without signatures."""
+    from streams.topics import TopicNames
+
+    names = TopicNames("drg")
+    own, other = _case("C1", "H001"), _case("C2", "H002")
+    policy = json.dumps(f.policy("drg_table")).encode()
+    messages = [Inbound("drg.his.H001", 0, 0, None, own), Inbound("drg.his.H001", 0, 1, None, other),
+                Inbound("drg.his.H001#2", 0, 0, None, policy), Inbound("drg.events", 0, 0, None, other),
+                Inbound("drg.his.H001", 0, 2, None, b"{not json")]
+    with LedgerStore(database_url) as store:
+        store.ingest([json.dumps(f.hospital("H001")), json.dumps(f.hospital("H002"))], origin="file:reg",
+                     backfill=True)
+        result = screened_batch(store, messages, [[]] * len(messages), None, names=names)
+        assert result.accepted == 2  # H001's case on its topic, H002's on the shared events topic
+        reasons = {r.message.origin: r.reason for r in result.refused}
+        assert sorted(reasons) == ["kafka:drg.his.H001#2/0/0", "kafka:drg.his.H001/0/1", "kafka:drg.his.H001/0/2"]
+        assert reasons["kafka:drg.his.H001/0/1"].startswith(
+            "wrong_topic: topic drg.his.H001 takes the events of his:H001 only, not an event of source 'his:H002'")
+        assert reasons["kafka:drg.his.H001#2/0/0"].startswith("wrong_topic: topic drg.his.H001 ")
+        assert not reasons["kafka:drg.his.H001/0/2"].startswith("wrong_topic"), "not JSON: the ledger's own refusal"
+        assert store.event("his-H001-C1-r1") is not None and store.event("his-H002-C2-r1") is not None
+        signed = screened_batch(store, [Inbound("drg.his.H001", 0, 3, None, other)], [signature_headers(other, H002)],
+                                RING, names=names)
+        assert [r.reason.split(":")[0] for r in signed.refused] == ["wrong_topic"], "a good signature does not help"

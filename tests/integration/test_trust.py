@@ -263,7 +263,13 @@ def test_the_application_role_may_only_read_and_append_the_journal(tmp_path: Pat
             assert data(run(app_url, "ingest", "--backfill", str(story_file)))["accepted"] == 6
             assert data(run(app_url, "clear", "--pool", "panzhihua", "--year", "2020", "--record"))["log_digest"]
             with LedgerStore(app_url) as store:
-                for statement in ("UPDATE journal_events SET topic = topic", "DELETE FROM journal_events",
+                from projections.offsets import log_of
+
+                # The worker registers a broker log it has not seen as the application role.
+                assert log_of(store, "drg.events", "id-1") == "drg.events"
+                assert log_of(store, "drg.events", "id-2") == "drg.events#2"
+                for statement in ("UPDATE kafka_logs SET log = 'x'", "DELETE FROM kafka_logs",
+                                  "UPDATE journal_events SET topic = topic", "DELETE FROM journal_events",
                                   "TRUNCATE journal_events", "UPDATE journal_events_chain SET chain_hash = chain_hash",
                                   "DELETE FROM journal_events_chain", "TRUNCATE journal_events_chain",
                                   "DELETE FROM dead_letters", "UPDATE hospital_pools SET pool = 'x'",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -79,3 +81,39 @@ def test_key_skew_of_generator_hospital_ids_over_twelve_partitions() -> None:
     # Weights: one hospital sending ten times as much moves the maximum.
     heavy = key_skew(ids, 12, {"H001": 10.0})
     assert heavy["max"] >= skew["max"]
+
+
+def test_per_his_topics_name_their_principal_and_only_ids_kafka_can_spell() -> None:
+    import re
+
+    import pytest
+
+    from streams.topics import TopicNames
+
+    names = TopicNames("drg-ledger")
+    assert names.his("H001") == "drg-ledger.his.H001"
+    assert names.principal_of("drg-ledger.his.H001") == "his:H001"
+    assert names.principal_of("drg-ledger.events") is None and names.principal_of("other.his.H001") is None
+    pattern = re.compile(names.intake_pattern())
+    assert [t for t in ["drg-ledger.events", "drg-ledger.his.H001", "drg-ledger.dead-letters", "drg-ledger.recompute",
+                        "drg-ledgerXevents", "x.drg-ledger.events"] if pattern.match(t)] == [
+        "drg-ledger.events", "drg-ledger.his.H001"]
+    with pytest.raises(ValueError, match="cannot name a topic"):
+        names.his("H:001/a")
+
+
+def test_a_his_publisher_authenticates_from_the_environment_with_its_password_in_a_file(tmp_path: Path) -> None:
+    from streams.topics import client_options
+
+    assert client_options({}) == {}
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n", encoding="utf-8")
+    env = {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+           "KAFKA_SASL_USERNAME": "his-h001", "KAFKA_SASL_PASSWORD_FILE": str(secret), "KAFKA_SSL_CAFILE": "/ca.crt"}
+    assert client_options(env) == {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+                                   "sasl_plain_username": "his-h001", "sasl_plain_password": "s3cret",
+                                   "ssl_cafile": "/ca.crt"}
+    from kafka import KafkaProducer
+
+    # kafka-python takes exactly these settings (an unknown one raises at construction).
+    assert set(client_options(env)) <= set(KafkaProducer.DEFAULT_CONFIG)

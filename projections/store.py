@@ -1175,7 +1175,7 @@ class LedgerStore:
                     ).rowcount
                     if moved != 1:
                         raise _IndexMoved
-                    conn.execute(insert(index_table), rows)
+                    _write_index(conn, rows)
                     # The fate of each consumed record, with its entry's index row.
                     _consume(conn, [o for *_, o in batch if o], "accepted")
             except _IndexMoved:
@@ -1655,6 +1655,34 @@ def _index_row(seq: int, ev: Envelope, body: str, submitted_hash: str, pools: di
         "content_hash": submitted_hash,
         "body": body,
     }
+
+
+_INDEX_COLUMNS = [c.name for c in index_table.columns]
+_PG_INDEX_TYPES = {"seq": "int8", "year": "int4", "recorded_at": "timestamptz", "ingested_at": "timestamptz"}
+
+
+def _write_index(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Inserts index rows in bulk, in `conn`'s transaction: COPY on PostgreSQL, one
+    executemany of plain tuples on SQLite (the instants as `UtcDateTime` stores them)."""
+    dbapi = conn.connection.driver_connection
+    if conn.dialect.name == "postgresql":
+        names = ", ".join(f'"{c}"' for c in _INDEX_COLUMNS)
+        with dbapi.cursor() as cur, cur.copy(f"COPY {_INDEX} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types([_PG_INDEX_TYPES.get(c, "text") for c in _INDEX_COLUMNS])
+            for row in rows:
+                copy.write_row([row[c] for c in _INDEX_COLUMNS])
+        return
+    instant = UtcDateTime().process_bind_param
+    dialect = conn.dialect
+    timed = {"recorded_at", "ingested_at"}
+    cur = dbapi.cursor()
+    try:
+        cur.executemany(
+            f"INSERT INTO {_INDEX} ({', '.join(_INDEX_COLUMNS)}) VALUES ({', '.join('?' * len(_INDEX_COLUMNS))})",
+            [tuple(instant(row[c], dialect) if c in timed else row[c] for c in _INDEX_COLUMNS) for row in rows],
+        )
+    finally:
+        cur.close()
 
 
 def _other_content(event_id: str) -> InvalidEvent:

@@ -68,14 +68,19 @@ def stored_event_id(state: bytes) -> str:
     return value if isinstance(value, str) else ""
 
 
-def chain_rows(previous: str, ids: Sequence[int], stored: Sequence[StoredEvent]) -> list[tuple[int, str, str, str]]:
-    """(position, event_id, content_hash, chain_hash) of freshly inserted entries, in order."""
+def chain_rows(
+    previous: str, ids: Sequence[int], stored: Sequence[StoredEvent], event_ids: Sequence[str] | None = None
+) -> list[tuple[int, str, str, str]]:
+    """(position, event_id, content_hash, chain_hash) of freshly inserted entries, in order;
+    `event_ids`, when the caller knows them (`Journal.append`), saves decoding each state."""
     assert len(ids) == len(stored), (len(ids), len(stored))
+    if event_ids is None:
+        event_ids = [stored_event_id(s.state) for s in stored]
     rows = []
-    for nid, s in zip(ids, stored, strict=True):
+    for nid, s, eid in zip(ids, stored, event_ids, strict=True):
         h = content_hash(s.topic, s.state)
         previous = link(previous, h)
-        rows.append((int(nid), stored_event_id(s.state), h, previous))
+        rows.append((int(nid), eid, h, previous))
     return rows
 
 
@@ -121,7 +126,7 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
             assert last == ids[-1], (last, ids[-1])
         c.execute(f"SELECT chain_hash FROM {self.chain_table_name} ORDER BY position DESC LIMIT 1")
         row = c.fetchone()
-        rows = chain_rows(row[0] if row else GENESIS, ids, stored_events)
+        rows = chain_rows(row[0] if row else GENESIS, ids, stored_events, kwargs.get("event_ids"))
         c.executemany(f"INSERT INTO {self.chain_table_name} VALUES (?,?,?,?)", rows)
         return ids
 
@@ -210,7 +215,7 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
                     copy.write_row((s.originator_id, s.originator_version, s.topic, s.state, nid))
             curs.execute(self.select_previous_statement)
             row = curs.fetchone()
-            rows = chain_rows(row["chain_hash"] if row else GENESIS, ids, stored_events)
+            rows = chain_rows(row["chain_hash"] if row else GENESIS, ids, stored_events, kwargs.get("event_ids"))
             with curs.copy(self.copy_chain_statement) as copy:
                 copy.set_types(["int8", "text", "text", "text"])  # char(64) reads text's binary form
                 for r in rows:

@@ -11,6 +11,7 @@ Not thread-safe: one store per thread (the CLI and the stream agents are sequent
 
 from __future__ import annotations
 
+import gc
 import getpass
 import hashlib
 import os
@@ -54,6 +55,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Connection, Engine, create_engine, make_url
 from sqlalchemy.types import TypeEngine
 
+from ledger.clearing import gc_paused
 from ledger.derivation import penalty_events
 from ledger.events import (
     ENVELOPES,
@@ -62,6 +64,7 @@ from ledger.events import (
     InvalidEvent,
     canonical_json,
     ingested,
+    ingested_json,
     parse_event,
     stamped,
 )
@@ -468,28 +471,32 @@ class LedgerStore:
         parsed: list[tuple[int, bytes, Envelope]] = []
         refused: list[tuple[int, bytes, InvalidEvent]] = []
         consumed = 0
-        for consumed, raw in enumerate(raws, start=1):
-            line = first_line + consumed - 1
-            data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
-            if not data.strip():
-                continue
-            try:
-                ev = _parse_inbound(data)
-            except InvalidEvent as exc:
-                refused.append((line, data, exc))
-            except Exception as exc:  # noqa: BLE001 - a line can only ever be refused (EVENTS.md)
-                refused.append((line, data, _unparseable(exc)))
-            else:
-                parsed.append((line, data, ev))
-            if len(parsed) + len(refused) >= batch_size:
+        # The collector's passes over a batch's parsed events cost as much as parsing them;
+        # nothing here makes a cycle worth waiting for, so it runs once per batch instead.
+        with gc_paused():
+            for consumed, raw in enumerate(raws, start=1):
+                line = first_line + consumed - 1
+                data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+                if not data.strip():
+                    continue
+                try:
+                    ev = _parse_inbound(data)
+                except InvalidEvent as exc:
+                    refused.append((line, data, exc))
+                except Exception as exc:  # noqa: BLE001 - a line can only ever be refused (EVENTS.md)
+                    refused.append((line, data, _unparseable(exc)))
+                else:
+                    parsed.append((line, data, ev))
+                if len(parsed) + len(refused) >= batch_size:
+                    self._ingest_batch(parsed, refused, origin, stamp, report, load)
+                    parsed, refused = [], []
+                    gc.collect(1)
+                    if on_progress is not None:
+                        on_progress(consumed)
+            if parsed or refused:
                 self._ingest_batch(parsed, refused, origin, stamp, report, load)
-                parsed, refused = [], []
                 if on_progress is not None:
                     on_progress(consumed)
-        if parsed or refused:
-            self._ingest_batch(parsed, refused, origin, stamp, report, load)
-            if on_progress is not None:
-                on_progress(consumed)
         report.rejected.sort(key=lambda r: r.line)
         return report
 
@@ -574,7 +581,8 @@ class LedgerStore:
                     continue
                 entry = _entry(ev, body, h, stamp, line=line, raw=raw,
                                origin=None if origin is None else _origin(origin, line))
-                _storable(_index_row(0, entry.event, entry.body, entry.submitted_hash, dict(registered)))
+                if not _plain(entry.body):
+                    _storable(_index_row(0, entry.event, entry.body, entry.submitted_hash, dict(registered)))
             except InvalidEvent as exc:
                 refused.append((line, raw, InvalidEvent(exc.field, exc.reason, ev.event_id)))
                 continue
@@ -768,7 +776,7 @@ class LedgerStore:
         """
         known = known or {}
         new = 0
-        for _ in range(3):  # the penalties appended move the head; they unblock nothing
+        for _ in range(3):  # the penalties appended move the head; the next round skips them
             self.sync_index()
             with self._engine.connect() as conn:
                 done = self._tracked(conn, _PENALTIES)
@@ -776,21 +784,27 @@ class LedgerStore:
                 if done >= head:
                     return new
                 t = index_table
-                positions = conn.execute(select(t.c.seq).where(t.c.seq > done, t.c.seq <= head)).scalars().all()
-                unread = [seq for seq in positions if seq not in known]
+                positions = conn.execute(select(t.c.seq, t.c.event_type).where(t.c.seq > done, t.c.seq <= head)).all()
+                # A penalty unblocks no other: `penalty_events` reads submissions, verdicts,
+                # registrations and policies only, so penalties are never looked at here.
+                unread = [seq for seq, et in positions if seq not in known and et != "PenaltyImposed"]
                 rows = []
                 for i in range(0, len(unread), _IN_CHUNK):
                     rows += conn.execute(
                         select(t.c.event_type, t.c.body).where(t.c.seq.in_(unread[i : i + _IN_CHUNK]))
                     ).all()
-            events = [known[seq] for seq in positions if seq in known] + [_parse_stored(et, b) for et, b in rows]
-            new += self.derive_penalties(self.cases_impacted(events))
+            events = [known[seq] for seq, et in positions if seq in known and et != "PenaltyImposed"]
+            events += [_parse_stored(et, b) for et, b in rows]
+            appended = self.derive_penalties(self.cases_impacted(events)) if events else 0
+            new += appended
             with self._engine.begin() as conn:
                 conn.execute(
                     update(tracking_table)
                     .where(tracking_table.c.name == _PENALTIES, tracking_table.c.notification_id == done)
                     .values(notification_id=head)
                 )
+            if not appended:
+                return new
         return new
 
     def impacted(self, events: Iterable[Envelope]) -> set[tuple[str, int, str, str]]:
@@ -890,35 +904,33 @@ class LedgerStore:
     def _append(
         self, entries: list[_Entry], companion: Callable[[list[_Entry]], _Entry] | None = None
     ) -> tuple[list[tuple[int, _Entry]], list[_Entry]]:
-        """Journals `entries`, one transaction per chunk of at most `JOURNAL_TXN_BYTES`, a
-        chunk whose id was taken meanwhile one by one; returns (done, conflicting).
-        `companion(chunk)` adds one entry to each chunk's transaction (`HistoryBackfilled`).
-        `done` pairs each entry with its journal position.
+        """Journals `entries` in one transaction, one by one when an id was taken meanwhile;
+        returns (done, conflicting). `companion(entries)` adds one entry to the transaction
+        (`HistoryBackfilled`). `done` pairs each entry with its journal position. The index
+        catches up before this returns.
 
-        The chunks keep each pipeline of `eventsourcing.postgres` small: psycopg 3.3.9 hangs
-        for good in `Pipeline.sync()` once one pipelined insert carries more than ~3-4.5 MB
-        (reproduced in tests/integration/test_hardening.py; the class of psycopg/psycopg#685).
-        The index catches up before this returns.
+        One transaction of any size: the PostgreSQL recorder writes with COPY, not the
+        library's pipelined insert, in which psycopg 3.3.9 hung for good once one insert
+        carried more than ~3-4.5 MB (tests/integration/test_hardening.py keeps a 4.5 MB batch
+        in one transaction; the class of psycopg/psycopg#685).
         """
         if not entries:
             return [], []
         done: list[tuple[int, _Entry]] = []
         conflicts: list[_Entry] = []
         checkpoint("before-journal")
-        for chunk in _journal_chunks(entries):
-            if companion is not None:
-                chunk = [*chunk, companion(chunk)]
-            try:
-                ids = self._journal.append([e.recorded for e in chunk])
-                done.extend(zip(ids, chunk, strict=True))
-            except JournalConflict:
-                for e in chunk:
-                    try:
-                        (nid,) = self._journal.append([e.recorded])
-                    except JournalConflict:
-                        conflicts.append(e)
-                    else:
-                        done.append((nid, e))
+        chunk = entries if companion is None else [*entries, companion(entries)]
+        try:
+            ids = self._journal.append([e.recorded for e in chunk])
+            done.extend(zip(ids, chunk, strict=True))
+        except JournalConflict:
+            for e in chunk:
+                try:
+                    (nid,) = self._journal.append([e.recorded])
+                except JournalConflict:
+                    conflicts.append(e)
+                else:
+                    done.append((nid, e))
         checkpoint("journal")
         self._sync(done)
         checkpoint("index")
@@ -1490,8 +1502,8 @@ def _entry(
     recorded_hash = submitted_hash
     if ev.recorded_at is None:
         recorded_hash = _canonical(stamped(ev, stamp))[1]  # what a sender resending it would send
+    body = ingested_json(ev, body, stamp)
     ev = ingested(ev, stamp)
-    body = canonical_json(ev)
     recorded = LedgerEntry.recorded(
         event_id=ev.event_id, event_type=ev.event_type, envelope=body, content_hash=submitted_hash, origin=origin
     )
@@ -1511,22 +1523,20 @@ def _storable(row: dict[str, Any]) -> None:
                 raise InvalidEvent(name, "is not valid Unicode (a lone surrogate)") from None
 
 
-JOURNAL_TXN_BYTES = 2 << 20
-"""At most this many bytes of envelopes per journal transaction (see `LedgerStore._append`)."""
-
-
-def _journal_chunks(entries: list[_Entry]) -> Iterator[list[_Entry]]:
-    chunk: list[_Entry] = []
-    size = 0
-    for e in entries:
-        n = len(e.body.encode("utf-8")) if not e.body.isascii() else len(e.body)
-        if chunk and size + n > JOURNAL_TXN_BYTES:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(e)
-        size += n
-    if chunk:
-        yield chunk
+def _plain(body: str) -> bool:
+    """The recorded body holds no NUL and no lone surrogate, so neither does any text column
+    of its index row (each is a string of the body; its pool, when looked up, was checked
+    with its registration): `_storable` of the row can be skipped. JSON escapes NUL as
+    `\\u0000`; a body that holds that text (even as an escaped backslash) is checked in full."""
+    if "\\u0000" in body:
+        return False
+    if body.isascii():
+        return True
+    try:
+        body.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _backfill_entry(backfill: Backfill, entries: list[_Entry], origin: str, stamp: datetime) -> _Entry:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import getpass
 import hashlib
+import json
 import os
 import re
 import sqlite3
@@ -40,11 +41,14 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    ARRAY,
     and_,
+    any_,
     delete,
     event,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
@@ -98,7 +102,6 @@ NEEDS_REGISTERED_HOSPITAL = frozenset({"CaseSubmitted", "CaseWithdrawn"})
 _INDEX = "ledger_index"
 _PENALTIES = "penalties"  # tracking row: journal position up to which penalties are derived
 _PAGE = 5_000  # journal entries per index transaction when catching up
-_IN_CHUNK = 900  # values per IN (...) lookup; below every driver's parameter limit
 
 LATE_WINDOW_ENV = "DRG_LEDGER_LATE_WINDOW_DAYS"
 DEFAULT_LATE_WINDOW = timedelta(days=7)
@@ -705,10 +708,10 @@ class LedgerStore:
         t = index_table
         ids = sorted(named)
         with self._engine.connect() as conn:
-            for i in range(0, len(ids), _IN_CHUNK):
+            if ids:
                 rows = conn.execute(
                     select(t.c.case_id, t.c.pool, t.c.year).where(
-                        t.c.event_type == "CaseSubmitted", t.c.case_id.in_(ids[i : i + _IN_CHUNK])
+                        t.c.event_type == "CaseSubmitted", _among(conn, t.c.case_id, ids)
                     )
                 )
                 for case_id, pool, year in rows:
@@ -789,10 +792,8 @@ class LedgerStore:
                 # registrations and policies only, so penalties are never looked at here.
                 unread = [seq for seq, et in positions if seq not in known and et != "PenaltyImposed"]
                 rows = []
-                for i in range(0, len(unread), _IN_CHUNK):
-                    rows += conn.execute(
-                        select(t.c.event_type, t.c.body).where(t.c.seq.in_(unread[i : i + _IN_CHUNK]))
-                    ).all()
+                if unread:
+                    rows = conn.execute(select(t.c.event_type, t.c.body).where(_among(conn, t.c.seq, unread))).all()
             events = [known[seq] for seq, et in positions if seq in known and et != "PenaltyImposed"]
             events += [_parse_stored(et, b) for et, b in rows]
             appended = self.derive_penalties(self.cases_impacted(events)) if events else 0
@@ -828,7 +829,8 @@ class LedgerStore:
                 c.append(t.c.hospital_id == effect.hospital_id)
             conditions.append(and_(*c))
         ids = sorted(case_ids)
-        conditions.extend(t.c.case_id.in_(ids[i : i + _IN_CHUNK]) for i in range(0, len(ids), _IN_CHUNK))
+        if ids:
+            conditions.append(_among(self._engine, t.c.case_id, ids))
         if not conditions:
             return set()
         found: set[tuple[str, int, str, str]] = set()
@@ -867,11 +869,8 @@ class LedgerStore:
             ordered = sorted(set(case_ids))
             if not ordered:
                 return 0
-            found: set[str] = set()
             with self._engine.connect() as conn:
-                for i in range(0, len(ordered), _IN_CHUNK):
-                    chunk = ordered[i : i + _IN_CHUNK]
-                    found.update(conn.execute(verdicts.where(t.c.case_id.in_(chunk)).distinct()).scalars())
+                found = set(conn.execute(verdicts.where(_among(conn, t.c.case_id, ordered)).distinct()).scalars())
         else:
             with self._engine.connect() as conn:
                 found = set(conn.execute(verdicts.distinct()).scalars())
@@ -992,11 +991,11 @@ class LedgerStore:
         ids = list(dict.fromkeys(event_ids))
         found: dict[str, str] = {}
         t = index_table
+        if not ids:
+            return found
         with self._engine.connect() as conn:
-            for i in range(0, len(ids), _IN_CHUNK):
-                chunk = ids[i : i + _IN_CHUNK]
-                for eid, h in conn.execute(select(t.c.event_id, t.c.content_hash).where(t.c.event_id.in_(chunk))):
-                    found[eid] = h
+            for eid, h in conn.execute(select(t.c.event_id, t.c.content_hash).where(_among(conn, t.c.event_id, ids))):
+                found[eid] = h
         return found
 
     def _same_as_stored(self, event_id: str, submitted_hash: str, stored_hash: str) -> bool:
@@ -1581,6 +1580,16 @@ def _consume(conn: Connection, origins: Iterable[str], fate: str) -> None:
             rows[where] = {"topic": where[0], "partition": where[1], "offset": where[2], "fate": fate}
     if rows:
         conn.execute(_insert_ignoring(conn, consumed_offsets_table, ["topic", "partition", "offset"]), list(rows.values()))
+
+
+def _among(conn: Connection | Engine, column: Any, values: Sequence[Any]) -> Any:
+    """`column IN values` as one bound parameter, however many values: `= ANY(array)` on
+    PostgreSQL, `IN (SELECT value FROM json_each(...))` on SQLite. One statement text for
+    every length (an IN list is a new statement to plan per length and per 900 values)."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(literal(list(values), ARRAY(column.type)))
+    listed = func.json_each(literal(json.dumps(list(values)))).table_valued("value")
+    return column.in_(select(listed.c.value))
 
 
 def _insert_ignoring(conn: Connection, table: Table, keys: list[str]) -> Any:

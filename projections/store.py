@@ -74,7 +74,7 @@ from ledger.events import (
 )
 from ledger.impact import Seal, Seals, impact
 from ledger.journal import Journal, LedgerEntry
-from projections.chain import RECORDER_TOPICS, checked_read
+from projections.chain import RECORDER_TOPICS, SQLITE_CACHE, SQLITE_MMAP, checked_read
 
 T = TypeVar("T")
 
@@ -1412,6 +1412,8 @@ def _engine(database_url: str) -> Engine:
             # WAL: readers never block the writer (the journal uses WAL too).
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(SQLITE_CACHE)
+            cur.execute(SQLITE_MMAP)
             cur.close()
 
         return engine

@@ -48,8 +48,9 @@ GENESIS = "0" * 64
 CHAIN_SUFFIX = "_chain"
 SQLITE_CACHE = "PRAGMA cache_size = -131072"
 SQLITE_MMAP = "PRAGMA mmap_size = 4294967296"
-"""128 MiB of pages per SQLite connection (default 2 MiB): a city year's journal and index
-B-trees are read page by page at every insert otherwise (~6 preads an event)."""
+"""Every SQLite connection of the store keeps 128 MiB of pages (default 2 MiB) and reads the
+file through mmap: otherwise a city year's journal and index B-trees are read with ~6
+`pread`s an event (a connection's cache is dropped whenever another connection writes)."""
 REFUSED = "the journal is append-only (drg-ledger): its rows are never updated or deleted"
 
 

@@ -81,6 +81,10 @@ T = TypeVar("T")
 Envelope: TypeAlias = Any
 """One of the envelope models of `ledger.events.ENVELOPES` (pydantic, frozen)."""
 
+Origin: TypeAlias = "str | Callable[[int], str]"
+"""Where lines come from: a prefix joined to each line number (`file:a.jsonl` -> `file:a.jsonl:7`),
+or a function of the line number giving its whole origin."""
+
 DATABASE_URL_ENV = "DRG_LEDGER_DATABASE_URL"
 DEFAULT_DATABASE_URL = "sqlite:///drg-ledger.db"
 
@@ -442,7 +446,7 @@ class LedgerStore:
         self,
         raws: Iterable[bytes | str],
         *,
-        origin: str,
+        origin: Origin,
         first_line: int = 1,
         now: datetime | None = None,
         batch_size: int = 1000,
@@ -460,13 +464,16 @@ class LedgerStore:
         refusal, and the other lines of its batch land.
         `origin` prefixes each dead letter's origin, joined to the line number with `:`
         unless it ends with `:` or `/` (`file:a.jsonl` -> `file:a.jsonl:7`,
-        `kafka:cases/0/` -> `kafka:cases/0/1234`). Blank lines are skipped, not refused.
+        `kafka:cases/0/` -> `kafka:cases/0/1234`), or is a function of the line number giving
+        each line's whole origin (the Kafka intake: the records of several partitions in one
+        call). Blank lines are skipped, not refused.
         `on_progress` receives the number of lines consumed after each batch. `backfill`
         (operator files only, never Kafka or HTTP) admits `recorded_at` older than the
         late-arrival window and journals a `HistoryBackfilled` with every transaction of the
         load; `True` hashes `raws` itself (pass a `Backfill` for a file read lazily).
         """
         assert batch_size > 0
+        assert not (backfill and callable(origin)), "a backfill is an operator's file"
         stamp = _utc(now) if now is not None else datetime.now(UTC)
         if backfill is True:
             raws = [r.encode("utf-8", "surrogatepass") if isinstance(r, str) else bytes(r) for r in raws]
@@ -509,7 +516,7 @@ class LedgerStore:
         self,
         parsed: list[tuple[int, bytes, Envelope]],
         refused: list[tuple[int, bytes, InvalidEvent]],
-        origin: str,
+        origin: Origin,
         stamp: datetime,
         report: IngestReport,
         backfill: Backfill | None,
@@ -547,7 +554,7 @@ class LedgerStore:
         stamp: datetime,
         report: IngestReport,
         backfill: Backfill | None,
-        origin: str | None = None,
+        origin: Origin | None = None,
     ) -> tuple[list[_Entry], list[int]]:
         """The acceptance rules of `ingest` for one batch, writing nothing: the entries to
         journal (each carrying its `origin` line, when given) and the lines found duplicate.
@@ -955,7 +962,7 @@ class LedgerStore:
         return done, conflicts
 
     def _dead_letter(
-        self, refused: list[tuple[int, bytes, InvalidEvent]], origin: str, stamp: datetime, report: IngestReport
+        self, refused: list[tuple[int, bytes, InvalidEvent]], origin: Origin, stamp: datetime, report: IngestReport
     ) -> None:
         """Keeps each refused line once per (origin, sha256 of its raw bytes): a file ingested
         again, or a Kafka record redelivered, is reported again but stored once. A line over
@@ -1520,7 +1527,9 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _origin(origin: str, line: int) -> str:
+def _origin(origin: Origin, line: int) -> str:
+    if callable(origin):
+        return origin(line)
     return f"{origin}{line}" if origin.endswith((":", "/")) else f"{origin}:{line}"
 
 

@@ -931,8 +931,8 @@ class LedgerStore:
     ) -> tuple[list[tuple[int, _Entry]], list[_Entry]]:
         """Journals `entries` in one transaction, one by one when an id was taken meanwhile;
         returns (done, conflicting). `companion(entries)` adds one entry to the transaction
-        (`HistoryBackfilled`). `done` pairs each entry with its journal position. The index
-        catches up before this returns.
+        (`HistoryBackfilled`). `done` pairs each entry with its journal position. Their index
+        rows are written before this returns.
 
         One transaction of any size: the PostgreSQL recorder writes with COPY, not the
         library's pipelined insert, in which psycopg 3.3.9 hung for good once one insert
@@ -1179,17 +1179,24 @@ class LedgerStore:
         `fresh` are entries this store just journalled, with their notification ids: when
         they follow the index position directly their rows are built without reading them
         back. The tracking row moves in the same transaction as the rows, guarded by its
-        old value, so concurrent catch-ups never apply an entry twice.
+        old value, so concurrent catch-ups never apply an entry twice. With `fresh`, the
+        position last seen is tried first (the guard catches a stale one) and the catch-up
+        ends once they are applied: the next `sync_index` reads what others appended since.
         """
         applied = 0
+        cached = bool(fresh) and self._position >= 0
         while True:
-            with self._engine.connect() as conn:
-                position = self._tracked(conn)
-                if position != self._position:
-                    self._pools = self._registered_pools(conn)
-                    self._position = position
+            if cached:
+                position, cached = self._position, False
+            else:
+                with self._engine.connect() as conn:
+                    position = self._tracked(conn)
+                    if position != self._position:
+                        self._pools = self._registered_pools(conn)
+                        self._position = position
             fresh = [(nid, e) for nid, e in fresh if nid > position]
-            if fresh and fresh[0][0] == position + 1 and fresh[-1][0] == position + len(fresh):
+            own = bool(fresh) and fresh[0][0] == position + 1 and fresh[-1][0] == position + len(fresh)
+            if own:
                 batch = [(nid, e.event, e.body, e.submitted_hash, e.recorded.origin) for nid, e in fresh]
                 fresh = []
             else:
@@ -1222,6 +1229,8 @@ class LedgerStore:
             self._pools = pools
             applied += len(rows)
             self._keep_statistics()
+            if own:
+                return applied
 
     def _keep_statistics(self) -> None:
         """On PostgreSQL, ANALYZEs the index once it has doubled (and grown by at least

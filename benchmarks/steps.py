@@ -52,7 +52,7 @@ def step_ingest(args: argparse.Namespace) -> dict[str, Any]:
 
     with LedgerStore.open(args.url) as store, open(args.file, "rb") as fh:
         seconds, report = timed(
-            lambda: store.ingest((line.rstrip(b"\r\n") for line in fh), origin=f"file:{args.file}", batch_size=2000,
+            lambda: store.ingest((line.rstrip(b"\r\n") for line in fh), origin=f"file:{args.file}", batch_size=10000,
                                  backfill=Backfill.of_file(args.file))
         )
     return {

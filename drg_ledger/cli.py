@@ -88,7 +88,7 @@ def ingest(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSON Lines, one event envelope per line."),
     database_url: Optional[str] = DatabaseUrl,
     as_json: bool = JsonOut,
-    batch_size: int = typer.Option(2000, min=1, help="Events per journal transaction."),
+    batch_size: int = typer.Option(10000, min=1, help="Lines per batch: one journal transaction, one index transaction."),
     backfill: bool = typer.Option(False, "--backfill", help="Load history (operators only): admit recorded_at "
                                   "older than the late-arrival window; journals HistoryBackfilled (EVENTS.md)."),
     run_by: Optional[str] = typer.Option(None, "--run-by", help="Who runs the backfill (default operator:<login>)."),

@@ -1038,4 +1038,26 @@ def stamped(event: Any, recorded_at: datetime, ingested_at: datetime | None = No
 def ingested(event: Any, now: datetime) -> Any:
     """The event as the ledger records it: `recorded_at` stamped when absent, `ingested_at`
     always `now` (EVENTS.md "Envelope": the ledger's own clock, never the sender's)."""
-    return event.model_copy(update={"recorded_at": event.recorded_at or now, "ingested_at": now})
+    update: dict[str, Any] = {"ingested_at": now}
+    if event.recorded_at is None:
+        update["recorded_at"] = now
+    return event.model_copy(update=update)
+
+
+_TIMESTAMP: TypeAdapter[datetime] = TypeAdapter(Timestamp)
+
+
+def ingested_json(event: Any, body: str, now: datetime) -> str:
+    """`canonical_json(ingested(event, now))`, made from `body`, the event's own canonical
+    JSON, without dumping the event again.
+
+    With `recorded_at` given, the two differ only by the `"ingested_at"` member, which sorts
+    right before `"payload"`: only `event_id` and `event_type` (strings, whose quotes JSON
+    escapes) come before it, so the first `,"payload":` of `body` is the member itself.
+    Otherwise (or when `event` already carries `ingested_at`) the event is dumped again.
+    """
+    if event.recorded_at is None or event.ingested_at is not None:
+        return canonical_json(ingested(event, now))
+    at = body.index(',"payload":')
+    stamp = json.dumps(_TIMESTAMP.dump_python(now, mode="json"))
+    return f'{body[:at]},"ingested_at":{stamp}{body[at:]}'

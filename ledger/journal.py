@@ -110,7 +110,7 @@ class Journal(Application[UUID]):
             return []
         # The event store directly, not save(): save() checks each object against runtime
         # protocols (~20 us an event) and there are no aggregates, snapshots or hooks here.
-        recordings = self.events.put(list(events))
+        recordings = self.events.put(list(events), event_ids=[e.event_id for e in events])
         return [r.notification.id for r in recordings]
 
     def read(self, after: int = 0, limit: int = 10_000) -> list[tuple[int, LedgerEntry.Recorded]]:

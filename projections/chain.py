@@ -15,8 +15,8 @@ proves the prefix unchanged, even when the chain table was rewritten too.
 The recorders below are the eventsourcing 9.5.6 ones with the chain rows added inside the
 library's own insert transaction: on SQLite after the entries' inserts (the first insert takes
 the database's write lock, so the previous hash read after it is the last committed one); on
-PostgreSQL after the library's `LOCK TABLE ... IN EXCLUSIVE MODE` and the pipelined insert,
-in `_fetch_ids_after_insert_events`, still inside the transaction. The library's table format
+PostgreSQL the insert itself is replaced by COPY, after the library's `LOCK TABLE ... IN
+EXCLUSIVE MODE`, with the chain rows COPYed in the same transaction. The library's table format
 is kept, so `Journal.read` reads as before. Both recorders also install triggers that refuse
 UPDATE and DELETE (and TRUNCATE on PostgreSQL) on the journal and its chain. On PostgreSQL
 the table lock is taken through a SECURITY DEFINER function of the owner, so the application
@@ -30,13 +30,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.utils import retry
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
-from psycopg import Cursor
-from psycopg.rows import DictRow
-from psycopg.sql import SQL, Composed, Identifier
+from psycopg.sql import SQL, Composed, Identifier, Literal
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
@@ -46,6 +46,11 @@ GENESIS = "0" * 64
 """The chain hash before the first entry."""
 
 CHAIN_SUFFIX = "_chain"
+SQLITE_CACHE = "PRAGMA cache_size = -131072"
+SQLITE_MMAP = "PRAGMA mmap_size = 4294967296"
+"""Every SQLite connection of the store keeps 128 MiB of pages (default 2 MiB) and reads the
+file through mmap: otherwise a city year's journal and index B-trees are read with ~6
+`pread`s an event (a connection's cache is dropped whenever another connection writes)."""
 REFUSED = "the journal is append-only (drg-ledger): its rows are never updated or deleted"
 
 
@@ -68,14 +73,19 @@ def stored_event_id(state: bytes) -> str:
     return value if isinstance(value, str) else ""
 
 
-def chain_rows(previous: str, ids: Sequence[int], stored: Sequence[StoredEvent]) -> list[tuple[int, str, str, str]]:
-    """(position, event_id, content_hash, chain_hash) of freshly inserted entries, in order."""
+def chain_rows(
+    previous: str, ids: Sequence[int], stored: Sequence[StoredEvent], event_ids: Sequence[str] | None = None
+) -> list[tuple[int, str, str, str]]:
+    """(position, event_id, content_hash, chain_hash) of freshly inserted entries, in order;
+    `event_ids`, when the caller knows them (`Journal.append`), saves decoding each state."""
     assert len(ids) == len(stored), (len(ids), len(stored))
+    if event_ids is None:
+        event_ids = [stored_event_id(s.state) for s in stored]
     rows = []
-    for nid, s in zip(ids, stored, strict=True):
+    for nid, s, eid in zip(ids, stored, event_ids, strict=True):
         h = content_hash(s.topic, s.state)
         previous = link(previous, h)
-        rows.append((int(nid), stored_event_id(s.state), h, previous))
+        rows.append((int(nid), eid, h, previous))
     return rows
 
 
@@ -102,13 +112,28 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
         return statements
 
     def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
-        ids = super()._insert_events(c, stored_events, **kwargs)
-        assert ids is not None
         if not stored_events:
-            return ids
+            return []
+        # The first insert takes the database's write lock; the rest go in one executemany
+        # (the library inserts row by row to read each rowid). Under that lock each new rowid
+        # is the previous one + 1, which the max(rowid) read afterwards confirms.
+        c.execute(SQLITE_CACHE)
+        c.execute(SQLITE_MMAP)
+        first, *rest = stored_events
+        ids = super()._insert_events(c, [first], **kwargs)
+        assert ids is not None
+        if rest:
+            c.executemany(self.insert_events_statement, [
+                (s.originator_id.hex if isinstance(s.originator_id, UUID) else s.originator_id,
+                 s.originator_version, s.topic, s.state) for s in rest
+            ])
+            ids = list(range(ids[0], ids[0] + len(stored_events)))
+            c.execute(self.select_max_notification_id_statement)
+            last = c.fetchone()[0]
+            assert last == ids[-1], (last, ids[-1])
         c.execute(f"SELECT chain_hash FROM {self.chain_table_name} ORDER BY position DESC LIMIT 1")
         row = c.fetchone()
-        rows = chain_rows(row[0] if row else GENESIS, ids, stored_events)
+        rows = chain_rows(row[0] if row else GENESIS, ids, stored_events, kwargs.get("event_ids"))
         c.executemany(f"INSERT INTO {self.chain_table_name} VALUES (?,?,?,?)", rows)
         return ids
 
@@ -119,7 +144,7 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
 
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events") -> None:
         super().__init__(datastore, events_table_name=events_table_name)
-        assert not datastore.enable_db_functions, "the chain is written by the pipelined insert path"
+        assert not datastore.enable_db_functions, "the chain is written by insert_events below"
         self.chain_table_name = events_table_name + CHAIN_SUFFIX
         self.check_identifier_length(self.chain_table_name)
         schema = Identifier(datastore.schema)
@@ -157,10 +182,17 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
         self.select_previous_statement = SQL(
             "SELECT chain_hash FROM {schema}.{chain} ORDER BY position DESC LIMIT 1"
         ).format(schema=schema, chain=chain)
-        self.insert_chain_statement = SQL(
-            "INSERT INTO {schema}.{chain} (position, event_id, content_hash, chain_hash) "
-            "SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[])"
+        self.copy_chain_statement = SQL(
+            "COPY {schema}.{chain} (position, event_id, content_hash, chain_hash) FROM STDIN (FORMAT BINARY)"
         ).format(schema=schema, chain=chain)
+        self.copy_events_statement = SQL(
+            "COPY {schema}.{events} (originator_id, originator_version, topic, state, notification_id) "
+            "FROM STDIN (FORMAT BINARY)"
+        ).format(schema=schema, events=events)
+        qualified = f'"{datastore.schema}"."{events_table_name}"'
+        self.select_ids_statement = SQL(
+            "SELECT nextval(pg_get_serial_sequence({table}, 'notification_id')) AS id FROM generate_series(1, %s)"
+        ).format(table=Literal(qualified))
 
     @staticmethod
     def _trigger(schema: Identifier, table: str, fn: Identifier, op: str, each: str) -> Composed:
@@ -170,18 +202,31 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
             "EXECUTE FUNCTION {schema}.{fn}()"
         ).format(name=name, op=SQL(op), schema=schema, table=Identifier(table), each=SQL(each), fn=fn)
 
-    def _fetch_ids_after_insert_events(
-        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> Sequence[int] | None:
-        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
-        assert ids is not None
-        # Still inside the insert's transaction, under the journal's EXCLUSIVE lock: the last
-        # chain row is the previous entry's, and no other writer can chain in between.
-        with curs.connection.cursor() as c:
-            c.execute(self.select_previous_statement)
-            row = c.fetchone()
-            rows = chain_rows(row["chain_hash"] if row else GENESIS, ids, stored_events)
-            c.execute(self.insert_chain_statement, [list(col) for col in zip(*rows, strict=True)])
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
+        """The library's insert, done with COPY in one plain transaction (no pipeline): under the
+        journal's EXCLUSIVE lock, take the notification ids from the table's sequence, COPY the
+        entries with them, then COPY their chain rows. A taken event id raises IntegrityError
+        (the COPY fails as a whole) and nothing is recorded. COPY streams rows, so no size
+        limit per transaction is needed (psycopg's pipeline hung on large inserts)."""
+        if not stored_events:
+            return []
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            self._lock_table(curs)
+            self._notify_channel(curs)
+            curs.execute(self.select_ids_statement, (len(stored_events),))
+            ids = sorted(int(row["id"]) for row in curs.fetchall())
+            with curs.copy(self.copy_events_statement) as copy:
+                copy.set_types([self.datastore.originator_id_type, "int8", "text", "bytea", "int8"])
+                for s, nid in zip(stored_events, ids, strict=True):
+                    copy.write_row((s.originator_id, s.originator_version, s.topic, s.state, nid))
+            curs.execute(self.select_previous_statement)
+            row = curs.fetchone()
+            rows = chain_rows(row["chain_hash"] if row else GENESIS, ids, stored_events, kwargs.get("event_ids"))
+            with curs.copy(self.copy_chain_statement) as copy:
+                copy.set_types(["int8", "text", "text", "text"])  # char(64) reads text's binary form
+                for r in rows:
+                    copy.write_row(r)
         return ids
 
 

@@ -284,8 +284,9 @@ def test_a_kill_at_each_step_of_an_ingest_heals_on_the_next_run(
 def test_a_large_batch_never_hangs_the_journal_write(database_url: str, tmp_path: Path) -> None:
     """psycopg 3.3.9 hangs for good in the pipeline sync of `eventsourcing.postgres` once one
     journal insert carries ~3-4.5 MB (psycopg/psycopg#685's class; reproduced here with
-    3,000 events of ~1.6 KB in one transaction): the store splits every journal write into
-    transactions of at most 2 MiB. Run in a subprocess so a regression fails, not hangs."""
+    3,000 events of ~1.6 KB in one transaction): the store's recorder writes the journal with
+    COPY instead, the whole 4.5 MB batch in one transaction. Run in a subprocess so a
+    regression fails, not hangs."""
     codes = [f"{i:02d}.{i:04d}x{'9' * 20}" for i in range(40)]
     events = [f.hospital("H001")] + [f.case(f"C{i}", procedure_codes=codes) for i in range(3000)]
     path = write(tmp_path / "wide.jsonl", *events)

@@ -30,6 +30,8 @@ from ledger.events import (
     canonical_json,
     content_hash,
     decode_line,
+    ingested,
+    ingested_json,
     parse_event,
     stamped,
 )
@@ -149,6 +151,22 @@ def test_mutated_valid_envelopes_never_raise_anything_but_invalid_event(raw: byt
 @given(raw=corrupted_lines())
 def test_corrupted_valid_lines_never_raise_anything_but_invalid_event(raw: bytes) -> None:
     assert_total(raw)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(raw=st.one_of(mutated_lines(), st.sampled_from([*scenario_lines(), *(h.raw for h in STORE_ONLY)])),
+       now=st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2040, 1, 1), timezones=st.just(UTC)))
+def test_the_recorded_body_made_from_the_submitted_one_is_the_recorded_events_canonical_json(
+    raw: bytes, now: datetime
+) -> None:
+    """The store splices `ingested_at` into the submitted body instead of dumping the event
+    again: the result is exactly the canonical JSON of the event as recorded."""
+    try:
+        ev = parse_event(raw)
+    except InvalidEvent:
+        assume(False)
+        return
+    assert ingested_json(ev, canonical_json(ev), now) == canonical_json(ingested(ev, now))
 
 
 @given(value=st.text(max_size=140))

@@ -372,15 +372,17 @@ def clearing_of(
     return Clearing(pool, year, known_at, pv, total, budget, inside, lines)
 
 
-def clearing(py: PoolYear) -> Clearing:
+def clearing(py: PoolYear, sums: dict[str, CaseSums] | None = None) -> Clearing:
     """Year-end clearing (RULES.md 5): point value, then each hospital's fund due and clearing amount.
 
-    `clearing_rules` is the version in force on 31 December of the year.
+    `clearing_rules` is the version in force on 31 December of the year. `sums`: every
+    registered hospital's case sums when its cases were settled apart (`clear --cold`
+    settles hospital groups in parallel), else `case_sums(py)`.
     """
     if py.budget is None:
         raise ClearingError(f"no BudgetSet for pool {py.pool} year {py.year} recorded by {py.known_at.isoformat()}")
     inside = py.book.clearing_rules(date(py.year, 12, 31)).value.personal_paid_in_point_value
-    sums = add_prepaid(py, case_sums(py))
+    sums = add_prepaid(py, case_sums(py) if sums is None else sums)
     return clearing_of(py.pool, py.year, py.known_at, py.budget.payload.amount, inside, sums)
 
 

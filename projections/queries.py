@@ -13,7 +13,7 @@ from dataclasses import replace
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from ledger.clearing import Balance, Basis, Clearing, balance, clearing, settle
+from ledger.clearing import Balance, Basis, Clearing, balance, clearing, gc_paused, settle
 from ledger.events import ENVELOPES
 from ledger.explain import UnknownCase, explain
 from projections.chain import digest_at
@@ -37,7 +37,8 @@ def pool_year_events(
     position they were read at (the index's, or the last journal entry replayed)."""
     if cold:
         head = store.journal.head()
-        return list(store.replay(known_at=known_at, until=head)), head
+        with gc_paused():  # hundreds of thousands of acyclic models: the collector's passes are waste
+            return list(store.replay(known_at=known_at, until=head)), head
     events = store.load(pool=pool, year=year, known_at=known_at)
     return events, store.position
 
@@ -62,8 +63,13 @@ def clear_pool(
     if record and extra_events:
         raise ValueError("a clearing with events that are not in the ledger (a what-if) cannot be recorded")
     known_at = known_at or now()
-    events, position = pool_year_events(store, pool, year, known_at, cold=cold)
-    result = replace(clearing(settle([*events, *extra_events], pool, year, known_at)), basis=Basis.of(events, position))
+    if cold and not extra_events:
+        from projections.cold import cold_clearing
+
+        result = cold_clearing(store, pool, year, known_at)
+    else:
+        events, position = pool_year_events(store, pool, year, known_at, cold=cold)
+        result = replace(clearing(settle([*events, *extra_events], pool, year, known_at)), basis=Basis.of(events, position))
     if record:
         record_clearing(store, result)
     return result

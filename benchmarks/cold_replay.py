@@ -4,7 +4,7 @@
 
 Per run: wall seconds, CPU seconds (user + system of the command and its worker processes),
 the peak of the summed proportional set sizes (PSS) of the command's process tree
-(sampled every 50 ms) and of its largest process, and the clearing's digest (every run of one moment must agree).
+(sampled every 200 ms) and of its largest process, and the clearing's digest (every run of one moment must agree).
 `--workers` sets `DRG_LEDGER_COLD_WORKERS` (1: the single-process replay). Prints a table and
 writes `benchmarks/results/cold-<time>.json`.
 """
@@ -68,7 +68,7 @@ def run_once(url: str, pool: str, year: int, known_at: str | None, workers: int)
     done = threading.Event()
 
     def sample() -> None:
-        while not done.wait(0.05):
+        while not done.wait(0.2):
             total, largest = _tree_pss_kib(proc.pid)
             peak[0], peak[1] = max(peak[0], total), max(peak[1], largest)
 

@@ -16,8 +16,8 @@ import hashlib
 import json
 import os
 import resource
-import sys
 import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime

@@ -36,9 +36,9 @@ from eventsourcing.persistence import Notification, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 from psycopg import Cursor
-from pydantic_core import from_json
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
+from pydantic_core import from_json
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 

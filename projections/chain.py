@@ -32,15 +32,16 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
+from eventsourcing.persistence import InterfaceError, Notification, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import retry
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 from psycopg.sql import SQL, Composed, Identifier, Literal
+from pydantic_core import from_json
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from ledger.journal import Journal, LedgerEntry, entry_id
+from ledger.journal import NAMESPACE, Journal, LedgerEntry
 
 GENESIS = "0" * 64
 """The chain hash before the first entry."""
@@ -297,34 +298,85 @@ def digest_at(journal: Journal, engine: Engine, position: int) -> str:
     return f"0:{GENESIS}" if row is None else f"{int(row[0])}:{str(row[1]).strip()}"
 
 
-def checked_read(journal: Journal, engine: Engine, after: int, limit: int) -> list[tuple[int, LedgerEntry.Recorded]]:
-    """`Journal.read`, each entry checked against the chain written with it before it is
-    decoded: its content hash, its link to the previous entry, and no entry missing between
-    them. Raises `BrokenEntry` at the first that does not match."""
+def checked_notifications(journal: Journal, engine: Engine, after: int, limit: int) -> list[tuple[Notification, ChainRow]]:
+    """Up to `limit` stored entries after position `after`, each checked against the chain
+    written with it before anything reads it: its content hash, its link to the previous
+    entry, and no entry missing between them. Raises `BrokenEntry` at the first that does
+    not match. Linear in the page: the chain rows are walked once, in position order."""
     notifications = journal.recorder.select_notifications(after + 1, limit)
     if not notifications:
         return []
     table = chain_table_name(journal)
-    chain = {r.position: r for r in read_chain(engine, table, after + 1, notifications[-1].id)}
+    rows = read_chain(engine, table, after + 1, notifications[-1].id)
     previous = previous_link(engine, table, notifications[0].id)
-    out: list[tuple[int, LedgerEntry.Recorded]] = []
+    out: list[tuple[Notification, ChainRow]] = []
+    i = 0
     for n in notifications:
-        row = chain.pop(n.id, None)
-        eid = stored_event_id(n.state)
-        if row is None:
-            raise BrokenEntry(n.id, eid, "entry has no chain row: written behind the ledger's back")
-        missing = [p for p in chain if p < n.id]
-        if missing:
-            gone = chain[min(missing)]
-            raise BrokenEntry(gone.position, gone.event_id, "entry deleted: its chain row remains, the entry does not")
+        gone = i  # chain rows before this entry's own: their entries were deleted
+        while i < len(rows) and rows[i].position < n.id:
+            i += 1
+        if i == len(rows) or rows[i].position != n.id:
+            raise BrokenEntry(n.id, stored_event_id(n.state), "entry has no chain row: written behind the ledger's back")
+        if gone < i:
+            raise BrokenEntry(rows[gone].position, rows[gone].event_id,
+                              "entry deleted: its chain row remains, the entry does not")
+        row = rows[i]
+        i += 1
         if content_hash(n.topic, n.state) != row.content_hash:
-            raise BrokenEntry(n.id, eid, "content differs from the hash chained when it was recorded")
+            raise BrokenEntry(n.id, stored_event_id(n.state), "content differs from the hash chained when it was recorded")
         if link(previous, row.content_hash) != row.chain_hash:
-            raise BrokenEntry(n.id, eid, "chain hash does not follow from the previous entry's")
+            raise BrokenEntry(n.id, stored_event_id(n.state), "chain hash does not follow from the previous entry's")
         previous = row.chain_hash
+        out.append((n, row))
+    return out
+
+
+def is_entry_of(originator_id: UUID, event_id: str) -> bool:
+    """`originator_id == entry_id(event_id)`, without building a UUID (a third of the cold
+    replay's checks): uuid5 is the SHA-1 of namespace and name, version and variant bits set."""
+    d = bytearray(hashlib.sha1(_NAMESPACE + event_id.encode("utf-8")).digest()[:16])
+    d[6] = d[6] & 0x0F | 0x50
+    d[8] = d[8] & 0x3F | 0x80
+    return originator_id.int == int.from_bytes(d, "big")
+
+
+_NAMESPACE = NAMESPACE.bytes
+
+
+def _check_names(n: Notification, row: ChainRow, event_id: str) -> None:
+    """The entry names the event its chain row names, and is that event's entry."""
+    if event_id != row.event_id or not is_entry_of(n.originator_id, event_id):
+        raise BrokenEntry(n.id, event_id, f"entry names event {event_id!r}, its chain row {row.event_id!r}")
+
+
+def checked_read(journal: Journal, engine: Engine, after: int, limit: int) -> list[tuple[int, LedgerEntry.Recorded]]:
+    """`Journal.read`, each entry checked against the chain written with it before it is
+    decoded (`checked_notifications`), and naming the event its chain row names."""
+    out: list[tuple[int, LedgerEntry.Recorded]] = []
+    for n, row in checked_notifications(journal, engine, after, limit):
         recorded = journal.mapper.to_domain_event(n)
         assert isinstance(recorded, LedgerEntry.Recorded)
-        if recorded.event_id != row.event_id or recorded.originator_id != entry_id(recorded.event_id):
-            raise BrokenEntry(n.id, recorded.event_id, f"entry names event {recorded.event_id!r}, its chain row {row.event_id!r}")
+        _check_names(n, row, recorded.event_id)
         out.append((n.id, recorded))
+    return out
+
+
+RECORDED_TOPIC = f"{LedgerEntry.Recorded.__module__}:{LedgerEntry.Recorded.__qualname__}"
+"""The topic of every journal entry (`LedgerEntry.Recorded`)."""
+
+
+def checked_envelopes(journal: Journal, engine: Engine, after: int, limit: int) -> list[tuple[int, str, str]]:
+    """`checked_read` for the cold replay: (position, event_type, envelope JSON) of each
+    checked entry, its stored record decoded once as plain JSON (pydantic's parser), not
+    through the library's mapper, which decodes it into an object the replay throws away."""
+    mapper = journal.mapper
+    if mapper.cipher is not None or mapper.compressor is not None:  # not ours: the mapper knows how
+        return [(nid, r.event_type, r.envelope) for nid, r in checked_read(journal, engine, after, limit)]
+    out: list[tuple[int, str, str]] = []
+    for n, row in checked_notifications(journal, engine, after, limit):
+        if n.topic != RECORDED_TOPIC:
+            raise BrokenEntry(n.id, row.event_id, f"entry is a {n.topic}, not a journal entry")
+        record = from_json(n.state)
+        _check_names(n, row, record["event_id"])
+        out.append((n.id, record["event_type"], record["envelope"]))
     return out

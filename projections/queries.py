@@ -25,6 +25,7 @@ from ledger.clearing import (
     balance_from_sums,
     clearing,
     clearing_from_sums,
+    gc_paused,
     incentive_cap,
     settle,
     settle_case,
@@ -54,7 +55,8 @@ def pool_year_events(
     position they were read at (the index's, or the last journal entry replayed)."""
     if cold:
         head = store.journal.head()
-        return list(store.replay(known_at=known_at, until=head)), head
+        with gc_paused():  # hundreds of thousands of acyclic models: the collector's passes are waste
+            return list(store.replay(known_at=known_at, until=head)), head
     events = store.load(pool=pool, year=year, known_at=known_at)
     return events, store.position
 
@@ -79,7 +81,11 @@ def clear_pool(
     if record and extra_events:
         raise ValueError("a clearing with events that are not in the ledger (a what-if) cannot be recorded")
     known_at = known_at or now()
-    if cold or extra_events:
+    if cold and not extra_events:
+        from projections.cold import cold_clearing
+
+        result = cold_clearing(store, pool, year, known_at)
+    elif cold or extra_events:
         events, position = pool_year_events(store, pool, year, known_at, cold=cold)
         result = replace(clearing(settle([*events, *extra_events], pool, year, known_at)), basis=Basis.of(events, position))
     else:

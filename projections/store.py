@@ -74,7 +74,7 @@ from ledger.events import (
 )
 from ledger.impact import Seal, Seals, impact
 from ledger.journal import Journal, LedgerEntry
-from projections.chain import RECORDER_TOPICS, SQLITE_CACHE, SQLITE_MMAP, checked_read
+from projections.chain import RECORDER_TOPICS, SQLITE_CACHE, SQLITE_MMAP, checked_envelopes, checked_read
 
 T = TypeVar("T")
 
@@ -1363,15 +1363,22 @@ class LedgerStore:
         no index). `known_at` keeps those recorded at or before it; `until` stops after that
         journal position."""
         cut = _utc(known_at) if known_at is not None else None
+        for _, event_type, envelope in self.replay_envelopes(until):
+            ev = _parse_stored(event_type, envelope)
+            if cut is None or ev.recorded_at <= cut:
+                yield ev
+
+    def replay_envelopes(self, until: int | None = None) -> Iterator[tuple[int, str, str]]:
+        """(position, event_type, envelope JSON) of every journal entry up to position `until`,
+        in recording order, each checked against the hash chain first: the cold path trusts
+        no unchecked entry either (projections/chain.py `checked_envelopes`)."""
         after = 0
         while True:
-            page = self.checked_read(after, _PAGE)  # the cold path trusts no unchecked entry either
-            for nid, recorded in page:
-                if until is not None and nid > until:
+            page = checked_envelopes(self._journal, self._engine, after, _PAGE)
+            for entry in page:
+                if until is not None and entry[0] > until:
                     return
-                ev = _parse_stored(recorded.event_type, recorded.envelope)
-                if cut is None or ev.recorded_at <= cut:
-                    yield ev
+                yield entry
             if len(page) < _PAGE:
                 return
             after = page[-1][0]

@@ -1,0 +1,91 @@
+"""`clear --cold` settles hospital groups in worker processes (projections/cold.py): the same
+clearing and basis as one process replaying the journal, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from ledger.events import Component
+from projections import cold
+from projections.queries import clear_pool
+from projections.store import LedgerStore, _utc
+from tests import factories as f
+
+MOMENTS = [datetime.fromisoformat(t) for t in ("2020-08-01T00:00:00+08:00", "2021-05-12T00:00:00+08:00")]
+
+
+def city() -> list[dict[str, Any]]:
+    """Four hospitals; verdicts journalled before their cases, incentive approvals past the
+    cap, a withdrawal, a resubmission and a prepayment."""
+    events: list[dict[str, Any]] = [f.policy(c.value) for c in Component]
+    events += [f.hospital("H001", grade="3A"), f.hospital("H002", grade="2A"), f.hospital("H003", grade="3B"),
+               f.hospital("H004", grade="1"), f.budget("2000000", year=2020)]
+    events += [f.verdict("H002-C0", outcome="violation", violation_type="upcoding", violating_points="20"),
+               f.verdict("H003-C1", outcome="incentive_approved", recorded_at="2020-07-01T10:00:00+08:00")]
+    for n in range(40):
+        for h in ("H001", "H002", "H003", "H004"):
+            events.append(f.case(f"{h}-C{n}", hospital_id=h, drg_code="GB21" if n % 3 else "BJ11",
+                                 total_cost=str(5000 + 997 * n), discharge_date=f"2020-{1 + n % 12:02d}-{1 + n % 28:02d}"))
+    events += [f.verdict(f"H003-C{n}", outcome="incentive_approved", recorded_at=f"2020-07-{n:02d}T10:00:00+08:00")
+               for n in range(2, 9)]
+    events += [f.withdrawal("H004-C5", hospital_id="H004", recorded_at="2020-12-31T09:00:00+08:00"),
+               f.case("H001-C7", hospital_id="H001", revision=2, total_cost="31000", discharge_date="2020-08-08",
+                      recorded_at="2021-05-11T09:00:00+08:00"),
+               f.verdict("H001-C9", outcome="special_review_approved", recorded_at="2021-05-11T10:00:00+08:00"),
+               f.prepayment("50000", hospital_id="H002", paid_on="2020-06-30", recorded_at="2020-06-30T12:00:00+08:00")]
+    return events
+
+
+def ingest(url: str, events: list[dict[str, Any]]) -> None:
+    with LedgerStore.open(url) as store:
+        report = store.ingest(f.lines(*events), backfill=True, origin="test")
+        assert not report.rejected, report.rejected
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_hospital_groups_settled_apart_give_the_one_process_clearing(database_url: str, processes: int) -> None:
+    ingest(database_url, city())
+    with LedgerStore.open(database_url) as store:
+        for t in MOMENTS:
+            one = cold.cold_clearing(store, "panzhihua", 2020, t, processes=1)
+            apart = cold.cold_clearing(store, "panzhihua", 2020, t, processes=processes)
+            assert apart.as_json() == one.as_json()
+            assert apart.hospitals == clear_pool(store, "panzhihua", 2020, t).hospitals  # and the index path
+            assert sum(h.cases for h in apart.hospitals) == {MOMENTS[0]: 100, MOMENTS[1]: 159}[t]  # by August; one withdrawn
+        assert one.point_value != cold.cold_clearing(store, "panzhihua", 2020, MOMENTS[0], processes=1).point_value
+
+
+def test_a_case_naming_hospitals_of_two_groups_is_settled_in_one_process(database_url: str) -> None:
+    moved = f.case("H001-C3", hospital_id="H002", revision=2, total_cost="12000", discharge_date="2020-04-04",
+                   event_id="his-H002-H001-C3-r2")
+    ingest(database_url, [*city(), moved])
+    with LedgerStore.open(database_url) as store:
+        t = MOMENTS[1]
+        with pytest.raises(cold._Split):
+            cold._parallel(store, "panzhihua", 2020, t, store.journal.head(), 2)
+        apart = cold.cold_clearing(store, "panzhihua", 2020, t, processes=2)
+        assert apart.as_json() == cold.cold_clearing(store, "panzhihua", 2020, t, processes=1).as_json()
+        assert apart.hospitals == clear_pool(store, "panzhihua", 2020, t).hospitals
+
+
+def test_pool_events_are_decoded_by_the_parent_and_case_events_routed(database_url: str) -> None:
+    ingest(database_url, city())
+
+    class Collect:
+        def __init__(self) -> None:
+            self.sent: list[Any] = []
+
+        def send(self, message: Any) -> None:
+            kind, batch = message
+            self.sent.append((kind, list(batch)))  # a pipe pickles it at once; the router reuses the list
+
+    with LedgerStore.open(database_url) as store:
+        pipes = [Collect(), Collect()]
+        pool_events = cold._route(store, store.journal.head(), _utc(MOMENTS[1]), pipes)  # type: ignore[arg-type]
+    assert {e.event_type for e in pool_events} >= {"PolicyVersionPublished", "HospitalRegistered", "BudgetSet"}
+    assert not {e.event_type for e in pool_events} & cold.CASE_EVENTS
+    routed = [[et for kind, batch in p.sent for et, _ in batch] for p in pipes]
+    assert all(routed) and sum(map(len, routed)) == 4 * 40 + 1 + 10 + 1  # cases, resubmission, verdicts, withdrawal

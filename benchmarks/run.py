@@ -239,10 +239,12 @@ def measure_backend(url: str, scale: Scale, floor: dict[str, Any] | None, repeat
     # store open, the query finding no budget: exit 4), 9 runs each. A best of 3 (clear, explain)
     # is reported net of the start-up's best, each balance sample net of its median.
     helps = [cli("--help")["wall"] for _ in range(9)]
-    empties = [cli("clear", "--pool", "nosuchpool", "--year", str(YEAR), "--json", url=url)["wall"] for _ in range(9)]
-    startup, typical = min(empties), statistics.median(empties)
+    empties = [cli("clear", "--pool", "nosuchpool", "--year", str(YEAR), "--json", url=url) for _ in range(9)]
+    startup, typical = min(r["wall"] for r in empties), statistics.median(r["wall"] for r in empties)
+    startup_cpu = min(r["user"] + r["sys"] for r in empties)
     out["startup"] = {"help_best": min(helps), "help_median": statistics.median(helps), "help_runs": helps,
-                      "empty_clear_best": startup, "empty_clear_median": typical, "empty_clear_runs": empties}
+                      "empty_clear_best": startup, "empty_clear_median": typical, "empty_clear_cpu_best": startup_cpu,
+                      "empty_clear_runs": [strip(r) for r in empties]}
     console.log(f"start-up: --help {min(helps):.3f} s, empty clear best {startup:.3f} s, median {typical:.3f} s")
 
     plan = step("plan", url, "--samples", str(scale.balance_samples))
@@ -255,7 +257,9 @@ def measure_backend(url: str, scale: Scale, floor: dict[str, Any] | None, repeat
         runs = [cli(*clear_args(*moment_args(known_at)), url=url, label=f"clear {name}") for _ in range(repeat)]
         best = min(r["wall"] for r in runs)
         clearings[name] = figures(runs[0]["stdout"]) if runs[0]["rc"] == 0 else {}
+        cpu = min(r["user"] + r["sys"] for r in runs)
         out["clear"][name] = {"runs": [strip(r) for r in runs], "best": best, "net": best - startup,
+                              "cpu_best": cpu, "cpu_net": cpu - startup_cpu,
                               "over_floor": (best - startup) / floor_best if floor_best else None,
                               "peak_rss_mib": max(r["peak_rss_mib"] for r in runs), "rc": runs[0]["rc"]}
         cold = cli(*clear_args("--cold", *moment_args(known_at)), url=url, label=f"clear --cold {name}")
@@ -264,6 +268,9 @@ def measure_backend(url: str, scale: Scale, floor: dict[str, Any] | None, repeat
                              "differences": diff[:20]}
         if diff:
             console.print(f"[red]clear and clear --cold differ at {name}: {diff[:10]}[/red]")
+
+    out["clear_in_process"] = step("clear", url, "--known-at", ",".join(m or "now" for m in MOMENTS),
+                                   "--repeat", str(repeat))
 
     # balance at a historical known_at: the CLI per (hospital, date) pair, and the same pairs in one process
     asks = plan.get("balance_asks", [])
@@ -359,6 +366,9 @@ def report(result: dict[str, Any]) -> None:
         row(f"clear at {name}: best wall / net s", lambda b, n=name: f"{b['clear'][n]['best']:.2f} / "
             f"{b['clear'][n]['net']:.2f}")
         row("  net / floor", lambda b, n=name: f"{b['clear'][n]['over_floor']:.1f}x", f"<= {t['clear_over_floor']}x")
+        row("  CPU net of start-up's CPU s", lambda b, n=name: f"{b['clear'][n]['cpu_net']:.2f}")
+        row("  in one process, best of 3 s / floor", lambda b, n=name: f"{b['clear_in_process'][n]['best']:.3f} / "
+            f"{b['clear_in_process'][n]['best'] / floor['best']:.1f}x")
         row("  = clear --cold, hospital by hospital", lambda b, n=name: yes(b["cold"][n]["same_as_projection"]))
         row("  clear --cold wall / CPU s", lambda b, n=name: f"{b['cold'][n]['wall']:.1f} / {cpu(b['cold'][n])}",
             f"<= {t['cold_s']:.0f} s")

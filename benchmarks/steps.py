@@ -122,6 +122,21 @@ def step_balance(args: argparse.Namespace) -> dict[str, Any]:
     return {"samples": len(runs), "failed": failed, "first": runs[0], **percentiles(runs)}
 
 
+def step_clear(args: argparse.Namespace) -> dict[str, Any]:
+    """`clear_pool` (what `clear` runs) in one process at each `--known-at` ("now" for none),
+    best of `--repeat`: the CLI's work without its start-up."""
+    from projections.queries import clear_pool
+    from projections.store import LedgerStore
+
+    out: dict[str, Any] = {}
+    with LedgerStore.open(args.url) as store:
+        for text in args.known_at.split(","):
+            known_at = parse_moment(text) if text != "now" else None
+            runs = [timed(lambda k=known_at: clear_pool(store, args.pool, args.year, k))[0] for _ in range(args.repeat)]
+            out[text] = {"first": runs[0], "best": min(runs), "runs": runs}
+    return out
+
+
 def step_series(args: argparse.Namespace) -> dict[str, Any]:
     """`balance_series`: one hospital's 12 month-end balances (the web page's chart), first
     call of a fresh process, then best of `--repeat`."""
@@ -144,6 +159,7 @@ STEPS = {
     "plan": step_plan,
     "balance": step_balance,
     "series": step_series,
+    "clear": step_clear,
 }
 
 

@@ -45,7 +45,7 @@ BEFORE, AFTER = "2021-05-10", "2021-05-12"
 MOMENTS = (BEFORE, AFTER, None)
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/drg_bench_scale"
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 150)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,9 @@ from eventsourcing.persistence import IntegrityError as JournalConflict
 from pydantic import BaseModel
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
+    Date,
     DateTime,
     Dialect,
     Index,
@@ -727,7 +729,7 @@ class LedgerStore:
             if ids:
                 rows = conn.execute(
                     select(t.c.case_id, t.c.pool, t.c.year).where(
-                        t.c.event_type == "CaseSubmitted", _among(conn, t.c.case_id, ids)
+                        t.c.event_type == "CaseSubmitted", among(conn, t.c.case_id, ids)
                     )
                 )
                 for case_id, pool, year in rows:
@@ -809,7 +811,7 @@ class LedgerStore:
                 unread = [seq for seq, et in positions if seq not in known and et != "PenaltyImposed"]
                 rows = []
                 if unread:
-                    rows = conn.execute(select(t.c.event_type, t.c.body).where(_among(conn, t.c.seq, unread))).all()
+                    rows = conn.execute(select(t.c.event_type, t.c.body).where(among(conn, t.c.seq, unread))).all()
             events = [known[seq] for seq, et in positions if seq in known and et != "PenaltyImposed"]
             events += [_parse_stored(et, b) for et, b in rows]
             appended = self.derive_penalties(self.cases_impacted(events)) if events else 0
@@ -846,7 +848,7 @@ class LedgerStore:
             conditions.append(and_(*c))
         ids = sorted(case_ids)
         if ids:
-            conditions.append(_among(self._engine, t.c.case_id, ids))
+            conditions.append(among(self._engine, t.c.case_id, ids))
         if not conditions:
             return set()
         found: set[tuple[str, int, str, str]] = set()
@@ -886,7 +888,7 @@ class LedgerStore:
             if not ordered:
                 return 0
             with self._engine.connect() as conn:
-                found = set(conn.execute(verdicts.where(_among(conn, t.c.case_id, ordered)).distinct()).scalars())
+                found = set(conn.execute(verdicts.where(among(conn, t.c.case_id, ordered)).distinct()).scalars())
         else:
             with self._engine.connect() as conn:
                 found = set(conn.execute(verdicts.distinct()).scalars())
@@ -904,12 +906,12 @@ class LedgerStore:
         columns = (t.c.seq, t.c.event_type, t.c.body, t.c.pool)
         wanted = ("CaseSubmitted", "ReviewVerdictRecorded")
         with self._engine.connect() as conn:
-            rows = [r for r in conn.execute(select(*columns).where(_among(conn, t.c.case_id, case_ids))) if r[1] in wanted]
+            rows = [r for r in conn.execute(select(*columns).where(among(conn, t.c.case_id, case_ids))) if r[1] in wanted]
             pools = sorted({pool for _, et, _, pool in rows if et == "CaseSubmitted" and pool is not None})
             if pools:
                 rows += conn.execute(select(*columns).where(
                     t.c.event_type.in_(("HospitalRegistered", "PolicyVersionPublished", "CoefficientChanged")),
-                    _among(conn, t.c.pool, pools),
+                    among(conn, t.c.pool, pools),
                 )).all()
         return [_parse_stored(et, body) for _, et, body, _ in sorted(rows, key=lambda r: r[0])]
 
@@ -1027,7 +1029,7 @@ class LedgerStore:
         if not ids:
             return found
         with self._engine.connect() as conn:
-            for eid, h in conn.execute(select(t.c.event_id, t.c.content_hash).where(_among(conn, t.c.event_id, ids))):
+            for eid, h in conn.execute(select(t.c.event_id, t.c.content_hash).where(among(conn, t.c.event_id, ids))):
                 found[eid] = h
         return found
 
@@ -1670,7 +1672,7 @@ def _consume(conn: Connection, origins: Iterable[str], fate: str) -> None:
         conn.execute(_insert_ignoring(conn, consumed_offsets_table, ["topic", "partition", "offset"]), list(rows.values()))
 
 
-def _among(conn: Connection | Engine, column: Any, values: Sequence[Any]) -> Any:
+def among(conn: Connection | Engine, column: Any, values: Sequence[Any]) -> Any:
     """`column IN values` as one bound parameter, however many values: `= ANY(array)` on
     PostgreSQL, `IN (SELECT value FROM json_each(...))` on SQLite. One statement text for
     every length (an IN list is a new statement to plan per length and per 900 values)."""
@@ -1764,32 +1766,53 @@ def _index_row(seq: int, ev: Envelope, body: str, submitted_hash: str, pools: di
     }
 
 
-_INDEX_COLUMNS = [c.name for c in index_table.columns]
-_PG_INDEX_TYPES = {"seq": "int8", "year": "int4", "recorded_at": "timestamptz", "ingested_at": "timestamptz"}
+def _pg_type(column: Column[Any]) -> str:
+    """The PostgreSQL type a binary COPY writes a column's Python values as."""
+    kind = column.type
+    if isinstance(kind, UtcDateTime):
+        return "timestamptz"
+    if isinstance(kind, (BigInteger, Integer)):
+        return "int8" if isinstance(kind, BigInteger) or column.name == "seq" else "int4"
+    if isinstance(kind, Boolean):
+        return "bool"
+    if isinstance(kind, Date):
+        return "date"
+    return "text"
 
 
-def _write_index(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Inserts index rows in bulk, in `conn`'s transaction: COPY on PostgreSQL, one
-    executemany of plain tuples on SQLite (the instants as `UtcDateTime` stores them)."""
+def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Inserts rows of `table` in bulk, in `conn`'s transaction: a binary COPY on PostgreSQL,
+    one executemany of plain tuples on SQLite (instants as `UtcDateTime` stores them)."""
+    if not rows:
+        return
+    columns = list(table.columns)
+    names = [c.name for c in columns]
     dbapi = conn.connection.driver_connection
     if conn.dialect.name == "postgresql":
-        names = ", ".join(f'"{c}"' for c in _INDEX_COLUMNS)
-        with dbapi.cursor() as cur, cur.copy(f"COPY {_INDEX} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types([_PG_INDEX_TYPES.get(c, "text") for c in _INDEX_COLUMNS])
+        quoted = ", ".join(f'"{c}"' for c in names)
+        with dbapi.cursor() as cur, cur.copy(f"COPY {table.name} ({quoted}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types([_pg_type(c) for c in columns])
             for row in rows:
-                copy.write_row([row[c] for c in _INDEX_COLUMNS])
+                copy.write_row([row[c] for c in names])
         return
     instant = UtcDateTime().process_bind_param
     dialect = conn.dialect
-    timed = {"recorded_at", "ingested_at"}
+    timed = {c.name for c in columns if isinstance(c.type, UtcDateTime)}
+    dated = {c.name for c in columns if isinstance(c.type, Date)}
     cur = dbapi.cursor()
     try:
         cur.executemany(
-            f"INSERT INTO {_INDEX} ({', '.join(_INDEX_COLUMNS)}) VALUES ({', '.join('?' * len(_INDEX_COLUMNS))})",
-            [tuple(instant(row[c], dialect) if c in timed else row[c] for c in _INDEX_COLUMNS) for row in rows],
+            f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+            [tuple(instant(row[c], dialect) if c in timed else row[c].isoformat() if c in dated and row[c] is not None
+                   else row[c] for c in names) for row in rows],
         )
     finally:
         cur.close()
+
+
+def _write_index(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Inserts index rows in bulk (`bulk_insert`)."""
+    bulk_insert(conn, index_table, rows)
 
 
 def _other_content(event_id: str) -> InvalidEvent:

@@ -22,13 +22,13 @@ from decimal import Decimal
 from typing import Any
 
 from ledger.cases import CaseState, case_states, known, registry
-from ledger.clearing import approved_entry, settle_case
 from ledger.catalogue import Catalogue
-from ledger.events import Component, HospitalRegistered, Outcome
+from ledger.clearing import approved_entry, settle_case
+from ledger.events import Component, EventType, HospitalRegistered, Outcome
 from ledger.impact import Impact, impact
 from ledger.policy import PolicyBook
 
-POOL_HISTORY_TYPES = ("HospitalRegistered", "PolicyVersionPublished", "CoefficientChanged")
+POOL_HISTORY_TYPES = (EventType.HOSPITAL_REGISTERED, EventType.POLICY_VERSION_PUBLISHED, EventType.COEFFICIENT_CHANGED)
 """The pool events that can change a case's points (RULES.md 1-3); budgets, prepayments and
 clearings move money only, at query time."""
 
@@ -103,13 +103,13 @@ class PoolHistory:
         (None) only by a registration, which may be its hospital's first."""
         found = self.at_moment.get(moment, ())
         if figures is None:
-            return any(e.event_type == "HospitalRegistered" for e, _ in found)
+            return any(e.event_type == EventType.HOSPITAL_REGISTERED for e, _ in found)
         return any(self.reaches(e, effect, figures.pool, figures.year, figures.hospital_id, figures.drg_code)
                    for e, effect in found)
 
 
 def _is_catalogue(event: Any) -> bool:
-    return event.event_type == "PolicyVersionPublished" and event.payload.component is Component.HIGH_TECH_CATALOGUE
+    return event.event_type == EventType.POLICY_VERSION_PUBLISHED and event.payload.component is Component.HIGH_TECH_CATALOGUE
 
 
 OverCap = Callable[[datetime], "bool | str"]

@@ -52,6 +52,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from ledger.clearing import CaseSums, ClearingError, incentive_over_cap
+from ledger.events import EventType
 from ledger.impact import impact
 from ledger.policy import PolicyMissing
 from ledger.versions import POOL_HISTORY_TYPES, CaseFigures, PoolHistory, case_timeline
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
 
 NAME = "case_versions"
 """The table, and its tracking row (the journal position it has applied)."""
-CASE_EVENTS = ("CaseSubmitted", "CaseWithdrawn", "ReviewVerdictRecorded")
+CASE_EVENTS = (EventType.CASE_SUBMITTED, EventType.CASE_WITHDRAWN, EventType.REVIEW_VERDICT_RECORDED)
 """The events of a case its figures are folded from (a PenaltyImposed is recomputed from its
 verdict, RULES.md 4)."""
 POINTS_SCALE, MONEY_SCALE = 4, 2
@@ -343,7 +344,7 @@ def _cap_function(answers: tuple[list[datetime], list[bool | str]] | None) -> tu
 
 
 def _hospital_of(events: list[Any]) -> str | None:
-    subs = [e for e in events if e.event_type == "CaseSubmitted"]
+    subs = [e for e in events if e.event_type == EventType.CASE_SUBMITTED]
     if not subs:
         return None
     return str(max(subs, key=lambda e: (e.payload.revision, e.recorded_at, e.event_id)).payload.hospital_id)
@@ -570,7 +571,7 @@ def pool_year(store: LedgerStore, pool: str, year: int, known_at: datetime) -> A
 
     t = index_table
     history_types = [*POOL_HISTORY_TYPES]
-    money_types = ["BudgetSet", "PrepaymentMade", "ClearingCompleted"]
+    money_types = [EventType.BUDGET_SET, EventType.PREPAYMENT_MADE, EventType.CLEARING_COMPLETED]
     with store.engine.connect() as conn:
         rows = conn.execute(
             select(t.c.event_type, t.c.body).where(

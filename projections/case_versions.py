@@ -533,6 +533,14 @@ def _add(into: CaseSums, s: CaseSums) -> None:
     into.cases += s.cases
 
 
+def total(parts: Iterable[CaseSums]) -> CaseSums:
+    """The sum of several hospitals' sums (from exact zero, as `case_sums` adds them)."""
+    out = CaseSums()
+    for s in parts:
+        _add(out, s)
+    return out
+
+
 def cumulative(days: dict[date, CaseSums], until: date) -> CaseSums:
     """The sums of the days up to `until` (from exact zero, as `case_sums` adds them)."""
     out = CaseSums()

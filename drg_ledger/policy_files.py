@@ -10,13 +10,12 @@ Rebuild with `python -m drg_ledger.policy_files`; a test checks the committed fi
 from __future__ import annotations
 
 import csv
-
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from ledger.catalogue import catalogue_from_csv
-from ledger.events import canonical_json, parse_event
+from ledger.events import EventType, canonical_json, parse_event
 
 POLICIES = Path(__file__).resolve().parent.parent / "ledger" / "policies"
 CATALOGUE_CSV = POLICIES / "high_tech_catalogue_2020.csv"
@@ -84,7 +83,7 @@ def _policy(
 ) -> dict[str, Any]:
     return {
         "event_id": event_id,
-        "event_type": "PolicyVersionPublished",
+        "event_type": EventType.POLICY_VERSION_PUBLISHED,
         "schema_version": 1,
         "recorded_at": recorded_at,
         "source": "operator:policy-files",

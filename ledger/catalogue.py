@@ -63,6 +63,10 @@ class Catalogue:
             )
             self._by_drg.setdefault(row.drg_code.strip().upper(), []).append(indexed)
 
+    def may_match(self, drg_code: str) -> bool:
+        """Whether a case of `drg_code` can match a row at all (a row matches its own DRG group only)."""
+        return drg_code.strip().upper() in self._by_drg
+
     def match(self, drg_code: str, procedure_codes: Iterable[str], grade: Grade) -> CatalogueMatch | None:
         """The first row (catalogue order) that the case matches, for a 3A or 3B hospital.
 

@@ -20,6 +20,7 @@ from ledger.events import (
     ENVELOPES,
     CaseSubmitted,
     CoefficientChanged,
+    EventType,
     HospitalRegistered,
     Outcome,
     PenaltyImposed,
@@ -96,9 +97,9 @@ def penalty_events(events: Iterable[Any]) -> list[Any]:
             clause=penalty.clause,
         )
         out.append(
-            ENVELOPES["PenaltyImposed"](
+            ENVELOPES[EventType.PENALTY_IMPOSED](
                 event_id=penalty_event_id(v.event_id),
-                event_type="PenaltyImposed",
+                event_type=EventType.PENALTY_IMPOSED,
                 recorded_at=at,
                 source="system",
                 payload=payload,

@@ -684,6 +684,23 @@ class HistoryBackfilled(_Model):
 
 # --------------------------------------------------------------------------- envelope
 
+class EventType(StrEnum):
+    """The event types of EVENTS.md; a member equals its name as a string (the wire format)."""
+
+    HOSPITAL_REGISTERED = "HospitalRegistered"
+    POLICY_VERSION_PUBLISHED = "PolicyVersionPublished"
+    COEFFICIENT_CHANGED = "CoefficientChanged"
+    BUDGET_SET = "BudgetSet"
+    CASE_SUBMITTED = "CaseSubmitted"
+    CASE_WITHDRAWN = "CaseWithdrawn"
+    REVIEW_VERDICT_RECORDED = "ReviewVerdictRecorded"
+    PENALTY_IMPOSED = "PenaltyImposed"
+    PREPAYMENT_MADE = "PrepaymentMade"
+    CLEARING_COMPLETED = "ClearingCompleted"
+    HISTORY_BACKFILLED = "HistoryBackfilled"
+
+
+
 OPERATOR_ONLY = frozenset(
     {
         "PolicyVersionPublished",

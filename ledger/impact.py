@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
+from ledger.events import EventType
+
 ALL_YEARS: None = None
 """`Impact.years` is None: every year of the pool."""
 
@@ -78,12 +80,12 @@ def impact(event: Any, case_years: Iterable[int] = (), case_pool: str | None = N
     discharge years of the case's known revisions and `case_pool` its hospital's pool."""
     p = event.payload
     kind = event.event_type
-    if kind in ("CaseSubmitted", "CaseWithdrawn", "ReviewVerdictRecorded"):
+    if kind in (EventType.CASE_SUBMITTED, EventType.CASE_WITHDRAWN, EventType.REVIEW_VERDICT_RECORDED):
         years = set(case_years)
-        if kind == "CaseSubmitted":
+        if kind == EventType.CASE_SUBMITTED:
             years.add(p.discharge_date.year)
         return Impact(case_pool, frozenset(years), getattr(p, "hospital_id", None), p.case_id)
-    if kind in ("PolicyVersionPublished", "CoefficientChanged"):
+    if kind in (EventType.POLICY_VERSION_PUBLISHED, EventType.COEFFICIENT_CHANGED):
         return Impact(
             p.pool,
             _years(p.effective_from, p.effective_to),
@@ -91,11 +93,11 @@ def impact(event: Any, case_years: Iterable[int] = (), case_pool: str | None = N
             None,
             getattr(p, "drg_code", None),
         )
-    if kind == "BudgetSet":
+    if kind == EventType.BUDGET_SET:
         return Impact(p.pool, frozenset({p.year}), points=False)
-    if kind == "PrepaymentMade":
+    if kind == EventType.PREPAYMENT_MADE:
         return Impact(p.pool, frozenset({p.paid_on.year}), p.hospital_id, points=False)
-    if kind == "HospitalRegistered":
+    if kind == EventType.HOSPITAL_REGISTERED:
         return Impact(p.pool, ALL_YEARS, p.hospital_id)
     return NO_IMPACT
 

@@ -22,12 +22,13 @@ from decimal import Decimal
 from typing import Any
 
 from ledger.cases import CaseState, case_states, known, registry
+from ledger.catalogue import Catalogue
 from ledger.clearing import approved_entry, settle_case
-from ledger.events import HospitalRegistered, Outcome
+from ledger.events import Component, EventType, HospitalRegistered, Outcome
 from ledger.impact import Impact, impact
 from ledger.policy import PolicyBook
 
-POOL_HISTORY_TYPES = ("HospitalRegistered", "PolicyVersionPublished", "CoefficientChanged")
+POOL_HISTORY_TYPES = (EventType.HOSPITAL_REGISTERED, EventType.POLICY_VERSION_PUBLISHED, EventType.COEFFICIENT_CHANGED)
 """The pool events that can change a case's points (RULES.md 1-3); budgets, prepayments and
 clearings move money only, at query time."""
 
@@ -67,6 +68,18 @@ class PoolHistory:
         for e in self.events:
             self.at_moment.setdefault(e.recorded_at, []).append((e, impact(e)))
         self._resolved: dict[int, tuple[PolicyBook, dict[str, HospitalRegistered]]] = {}
+        self.catalogues = [Catalogue(e.payload.body) for e in self.events if _is_catalogue(e)]
+
+    def catalogue_may_change(self, drg_code: str) -> bool:
+        """Whether any catalogue version of the pool can match a case of `drg_code`: only then
+        can a catalogue publication change its coefficient (RULES.md 3 step 2, seed 000 三(三))."""
+        return any(c.may_match(drg_code) for c in self.catalogues)
+
+    def reaches(self, event: Any, effect: Impact, pool: str, year: int, hospital_id: str, drg_code: str) -> bool:
+        """Whether `event` can change a case of `hospital_id` / `drg_code` discharged in `year`."""
+        if not effect.touches_case(pool, year, hospital_id, drg_code):
+            return False
+        return not _is_catalogue(event) or self.catalogue_may_change(drg_code)
 
     def at(self, moment: datetime) -> tuple[PolicyBook, dict[str, HospitalRegistered]]:
         """The policy book and the pool's registered hospitals as known at `moment`."""
@@ -90,9 +103,13 @@ class PoolHistory:
         (None) only by a registration, which may be its hospital's first."""
         found = self.at_moment.get(moment, ())
         if figures is None:
-            return any(e.event_type == "HospitalRegistered" for e, _ in found)
-        return any(effect.touches_case(figures.pool, figures.year, figures.hospital_id, figures.drg_code)
-                   for _, effect in found)
+            return any(e.event_type == EventType.HOSPITAL_REGISTERED for e, _ in found)
+        return any(self.reaches(e, effect, figures.pool, figures.year, figures.hospital_id, figures.drg_code)
+                   for e, effect in found)
+
+
+def _is_catalogue(event: Any) -> bool:
+    return event.event_type == EventType.POLICY_VERSION_PUBLISHED and event.payload.component is Component.HIGH_TECH_CATALOGUE
 
 
 OverCap = Callable[[datetime], "bool | str"]

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ledger.events import InvalidEvent
+from ledger.events import EventType, InvalidEvent
 
-DRAFT_EVENT_TYPES = ("PolicyVersionPublished", "CoefficientChanged", "BudgetSet", "ReviewVerdictRecorded")
+DRAFT_EVENT_TYPES = (EventType.POLICY_VERSION_PUBLISHED, EventType.COEFFICIENT_CHANGED, EventType.BUDGET_SET, EventType.REVIEW_VERDICT_RECORDED)
 """What a draft may hold: the operator's decisions, not facts about cases or money paid."""
 
 

@@ -35,6 +35,7 @@ from ledger.events import (
     Component,
     DrgGroup,
     DrgTableBody,
+    EventType,
     Grade,
     HighTechCatalogueBody,
     HospitalRegistered,
@@ -198,7 +199,7 @@ class PointValue:
     """A year's point value for the catalogue's DRG payment, and where it came from (RULES.md 7)."""
 
     value: Decimal
-    source: str  # "ClearingCompleted" or "clearing as known"
+    source: str  # EventType.CLEARING_COMPLETED or "clearing as known"
     event_id: str | None = None
     recorded_at: datetime | None = None
 
@@ -277,7 +278,7 @@ def _point_value(events: list[Any], seen: list[Any], pool: str, year: int, known
                 and e.payload.year == year]
     if recorded:
         last = max(recorded, key=lambda e: (e.recorded_at, e.event_id))
-        return PointValue(last.payload.point_value, "ClearingCompleted", last.event_id, last.recorded_at)
+        return PointValue(last.payload.point_value, EventType.CLEARING_COMPLETED, last.event_id, last.recorded_at)
     try:
         result = clearing(settle(events, pool, year, known_at))
     except ClearingError as exc:
@@ -843,9 +844,9 @@ def draft_events(d: Derivation, source: str = "operator:workbench", recorded_at:
         )
         digest = hashlib.sha256(json.dumps(payload.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
                                 .encode()).hexdigest()[:12]
-        out.append(ENVELOPES["PolicyVersionPublished"](
+        out.append(ENVELOPES[EventType.POLICY_VERSION_PUBLISHED](
             event_id=f"workbench:{d.pool}:{d.for_year}:{component.value}:{digest}",
-            event_type="PolicyVersionPublished", recorded_at=recorded_at, source=source, payload=payload,
+            event_type=EventType.POLICY_VERSION_PUBLISHED, recorded_at=recorded_at, source=source, payload=payload,
         ))
     return out
 

@@ -44,7 +44,6 @@ from sqlalchemy import (
     case,
     delete,
     func,
-    insert,
     or_,
     select,
     tuple_,
@@ -53,17 +52,18 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from ledger.clearing import CaseSums, ClearingError, incentive_over_cap
+from ledger.events import EventType
 from ledger.impact import impact
 from ledger.policy import PolicyMissing
 from ledger.versions import POOL_HISTORY_TYPES, CaseFigures, PoolHistory, case_timeline
-from projections.store import UtcDateTime, _parse_stored, index_table, metadata, tracking_table
+from projections.store import UtcDateTime, _parse_stored, among, bulk_insert, index_table, metadata, tracking_table
 
 if TYPE_CHECKING:
     from projections.store import LedgerStore
 
 NAME = "case_versions"
 """The table, and its tracking row (the journal position it has applied)."""
-CASE_EVENTS = ("CaseSubmitted", "CaseWithdrawn", "ReviewVerdictRecorded")
+CASE_EVENTS = (EventType.CASE_SUBMITTED, EventType.CASE_WITHDRAWN, EventType.REVIEW_VERDICT_RECORDED)
 """The events of a case its figures are folded from (a PenaltyImposed is recomputed from its
 verdict, RULES.md 4)."""
 POINTS_SCALE, MONEY_SCALE = 4, 2
@@ -192,7 +192,7 @@ class Projector:
                 if ev.event_type in CASE_EVENTS:
                     _earliest(starts, effect.case_id, ev.recorded_at)
             elif ev.event_type in POOL_HISTORY_TYPES and effect.points and not effect.changes_nothing:
-                for case_id in _cases_reached(conn, effect, ev.recorded_at):
+                for case_id in _cases_reached(conn, ev, effect, self.history(conn, effect.pool)):
                     _earliest(starts, case_id, ev.recorded_at)
         if not starts:
             return 0
@@ -233,8 +233,7 @@ class Projector:
                 _earliest(touched, (r.figures.pool, r.figures.year, r.figures.hospital_id), start)
         for i in range(0, len(deletes), _IN):
             conn.execute(delete(table).where(tuple_(table.c.case_id, table.c.known_from).in_(deletes[i : i + _IN])))
-        if inserts:
-            conn.execute(insert(table), inserts)
+        bulk_insert(conn, table, inserts)
         return touched
 
     def _check_caps(
@@ -345,23 +344,27 @@ def _cap_function(answers: tuple[list[datetime], list[bool | str]] | None) -> tu
 
 
 def _hospital_of(events: list[Any]) -> str | None:
-    subs = [e for e in events if e.event_type == "CaseSubmitted"]
+    subs = [e for e in events if e.event_type == EventType.CASE_SUBMITTED]
     if not subs:
         return None
     return str(max(subs, key=lambda e: (e.payload.revision, e.recorded_at, e.event_id)).payload.hospital_id)
 
 
-def _cases_reached(conn: Connection, effect: Any, moment: datetime) -> list[str]:
-    """The cases with a row still held at `moment` or later that `effect` can change."""
+def _cases_reached(conn: Connection, event: Any, effect: Any, history: PoolHistory) -> list[str]:
+    """The cases with a row still held when `event` was recorded, or later, that it can change
+    (`PoolHistory.reaches`: its impact, a catalogue narrowed to the DRG groups it can match)."""
     t = table
-    q = select(t.c.case_id).where(t.c.pool == effect.pool, or_(t.c.known_until.is_(None), t.c.known_until > moment))
+    moment = event.recorded_at
+    q = select(t.c.case_id, t.c.year, t.c.hospital_id, t.c.drg_code).where(
+        t.c.pool == effect.pool, or_(t.c.known_until.is_(None), t.c.known_until > moment))
     if effect.years is not None:
         q = q.where(t.c.year.between(min(effect.years), max(effect.years)))
     if effect.hospital_id is not None:
         q = q.where(t.c.hospital_id == effect.hospital_id)
     if effect.drg_code is not None:
         q = q.where(t.c.drg_code == effect.drg_code)
-    return list(conn.execute(q.distinct()).scalars())
+    return list({case_id for case_id, year, hospital_id, drg_code in conn.execute(q)
+                 if history.reaches(event, effect, effect.pool, year, hospital_id, drg_code)})
 
 
 def _case_events(conn: Connection, case_ids: list[str], known: dict[int, Any]) -> dict[str, list[Any]]:
@@ -369,14 +372,21 @@ def _case_events(conn: Connection, case_ids: list[str], known: dict[int, Any]) -
     need not be parsed again."""
     t = index_table
     out: dict[str, list[Any]] = defaultdict(list)
-    for i in range(0, len(case_ids), _IN):
-        rows = conn.execute(
-            select(t.c.seq, t.c.case_id, t.c.event_type, t.c.body)
-            .where(t.c.case_id.in_(case_ids[i : i + _IN]), t.c.event_type.in_(CASE_EVENTS))
-        )
-        for seq, case_id, event_type, body in rows:
-            ev = known.get(seq)
-            out[case_id].append(ev if ev is not None else _parse_stored(event_type, body))
+    unknown: list[int] = []
+    rows = conn.execute(
+        select(t.c.seq, t.c.case_id).where(among(conn, t.c.case_id, case_ids), t.c.event_type.in_(CASE_EVENTS))
+    )
+    for seq, case_id in rows:
+        ev = known.get(seq)
+        if ev is None:
+            unknown.append(seq)
+        else:
+            out[case_id].append(ev)
+    if unknown:  # bodies only of those not in hand
+        for case_id, event_type, body in conn.execute(
+            select(t.c.case_id, t.c.event_type, t.c.body).where(among(conn, t.c.seq, unknown))
+        ):
+            out[case_id].append(_parse_stored(event_type, body))
     return out
 
 
@@ -386,14 +396,13 @@ def _held(conn: Connection, starts: dict[str, datetime]) -> dict[str, list[Row]]
     ids = list(starts)
     earliest = min(starts.values())
     out: dict[str, list[Row]] = defaultdict(list)
-    for i in range(0, len(ids), _IN):
-        rows = conn.execute(
-            select(t).where(t.c.case_id.in_(ids[i : i + _IN]), or_(t.c.known_until.is_(None), t.c.known_until >= earliest))
-        )
-        for r in rows:
-            row = Row.of(r)
-            if row.known_until is None or row.known_until >= starts[row.case_id]:
-                out[row.case_id].append(row)
+    rows = conn.execute(
+        select(t).where(among(conn, t.c.case_id, ids), or_(t.c.known_until.is_(None), t.c.known_until >= earliest))
+    )
+    for r in rows:
+        row = Row.of(r)
+        if row.known_until is None or row.known_until >= starts[row.case_id]:
+            out[row.case_id].append(row)
     return out
 
 
@@ -524,6 +533,14 @@ def _add(into: CaseSums, s: CaseSums) -> None:
     into.cases += s.cases
 
 
+def total(parts: Iterable[CaseSums]) -> CaseSums:
+    """The sum of several hospitals' sums (from exact zero, as `case_sums` adds them)."""
+    out = CaseSums()
+    for s in parts:
+        _add(out, s)
+    return out
+
+
 def cumulative(days: dict[date, CaseSums], until: date) -> CaseSums:
     """The sums of the days up to `until` (from exact zero, as `case_sums` adds them)."""
     out = CaseSums()
@@ -562,7 +579,7 @@ def pool_year(store: LedgerStore, pool: str, year: int, known_at: datetime) -> A
 
     t = index_table
     history_types = [*POOL_HISTORY_TYPES]
-    money_types = ["BudgetSet", "PrepaymentMade", "ClearingCompleted"]
+    money_types = [EventType.BUDGET_SET, EventType.PREPAYMENT_MADE, EventType.CLEARING_COMPLETED]
     with store.engine.connect() as conn:
         rows = conn.execute(
             select(t.c.event_type, t.c.body).where(

@@ -28,9 +28,10 @@ from typing import Any
 from pydantic_core import from_json
 
 from ledger.clearing import Basis, CaseSums, Clearing, case_sums, clearing, clearing_from_sums, gc_paused, settle
+from ledger.events import EventType
 from projections.store import LedgerStore, _parse_stored, _utc
 
-CASE_EVENTS = frozenset({"CaseSubmitted", "CaseWithdrawn", "ReviewVerdictRecorded"})
+CASE_EVENTS = frozenset({EventType.CASE_SUBMITTED, EventType.CASE_WITHDRAWN, EventType.REVIEW_VERDICT_RECORDED})
 """The events `settle` reads per case; every other event is the pool's."""
 
 WORKERS_ENV = "DRG_LEDGER_COLD_WORKERS"
@@ -140,7 +141,7 @@ def _route(store: LedgerStore, head: int, cut: datetime, pipes: list[Connection]
             continue
         payload = from_json(envelope)["payload"]
         cid = payload["case_id"]
-        if event_type == "CaseSubmitted":
+        if event_type == EventType.CASE_SUBMITTED:
             g = hospital_group.setdefault(payload["hospital_id"], len(hospital_group) % len(pipes))
             if case_group.setdefault(cid, g) != g:
                 raise _Split(f"case {cid} names hospitals of two groups")

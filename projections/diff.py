@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ledger.clearing import clearing, settle
 from ledger.diff import Diff, Side, Table, case_table, diff_clearings, hospital_table, moment_label, recorded_clearing
+from ledger.events import EventType
 from ledger.policy import PolicyBook
 from ledger.whatif import Draft, with_draft
 from projections.queries import NotFound, now
@@ -45,7 +46,7 @@ class SideSpec:
 def recorded(store: LedgerStore, clearing_id: str, pool: str, year: int) -> Any:
     """The `ClearingCompleted` envelope `clearing_id` of `pool` `year`, else NotFound."""
     ev = store.event(clearing_id)
-    if ev is None or ev.event_type != "ClearingCompleted":
+    if ev is None or ev.event_type != EventType.CLEARING_COMPLETED:
         raise NotFound(f"no recorded clearing (ClearingCompleted) with event_id {clearing_id}")
     if (ev.payload.pool, ev.payload.year) != (pool, year):
         raise NotFound(f"clearing {clearing_id} is of {ev.payload.pool} {ev.payload.year}, not {pool} {year}")
@@ -74,7 +75,7 @@ def diff_pool_year(
     if any(settling):
         events = store.load(pool=pool, year=year, known_at=max(k for k, need in zip(known, settling) if need))
     else:
-        events = store.load(pool=pool, year=year, known_at=max(known), event_types=["PolicyVersionPublished"])
+        events = store.load(pool=pool, year=year, known_at=max(known), event_types=[EventType.POLICY_VERSION_PUBLISHED])
     sides = [_side(s, c, k, events, pool, year, cases) for s, c, k in zip(specs, completed, known)]
     return diff_clearings(sides[0], sides[1], cases=cases, hospital_id=hospital_id)
 

@@ -10,15 +10,17 @@ the draft's.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from ledger.cases import case_states, known
 from ledger.clearing import (
     Balance,
     Basis,
+    CaseSums,
     Clearing,
     ClearingError,
     balance,
@@ -30,9 +32,7 @@ from ledger.clearing import (
     settle,
     settle_case,
 )
-from ledger.events import ENVELOPES
-from ledger.cases import case_states, known
-from ledger.events import Outcome
+from ledger.events import ENVELOPES, EventType, Outcome
 from ledger.explain import UnknownCase, describe, explain
 from projections.chain import digest_at
 
@@ -107,8 +107,8 @@ def record_clearing(store: LedgerStore, result: Clearing) -> tuple[str, bool]:
     # the position the clearing read; not part of the id, so the same clearing is one event.
     position = result.basis.journal_position if result.basis is not None else store.position
     payload = payload.model_copy(update={"log_digest": digest_at(store.journal, store.engine, position)})
-    completed = ENVELOPES["ClearingCompleted"](
-        event_id=event_id, event_type="ClearingCompleted", recorded_at=now(), source="system", payload=payload
+    completed = ENVELOPES[EventType.CLEARING_COMPLETED](
+        event_id=event_id, event_type=EventType.CLEARING_COMPLETED, recorded_at=now(), source="system", payload=payload
     )
     return event_id, store.append_system_events([completed]) > 0
 
@@ -176,7 +176,12 @@ def projected_balances(
     at = case_versions.fresh(store)
     py, pool_events = case_versions.pool_year(store, pool, year, known_at)
     with store.engine.connect() as conn:
-        own, pool_days = case_versions.daily_sums(conn, pool, year, known_at, hospital_id)
+        if len(days) == 1:  # one day: the sums to it, per hospital (fewer rows and groups)
+            found = case_versions.sums(conn, pool, year, known_at, until=days[0]).hospitals
+            own = {days[0]: found.get(hospital_id, CaseSums())}
+            pool_days = {days[0]: case_versions.total(found.values())}
+        else:
+            own, pool_days = case_versions.daily_sums(conn, pool, year, known_at, hospital_id)
     basis = Basis(at, sum(s.cases for s in pool_days.values()) + len(pool_events), _latest_ingested(store, at))
     out: list[Any] = []
     for day in days:
@@ -216,7 +221,7 @@ def explain_case(
 
     known_at = known_at or now()
     own = store.load(case_ids=[case_id], known_at=known_at)
-    submissions = [e for e in own if e.event_type == "CaseSubmitted" and e.payload.case_id == case_id]
+    submissions = [e for e in own if e.event_type == EventType.CASE_SUBMITTED and e.payload.case_id == case_id]
     if not submissions:
         raise NotFound(f"case {case_id} is not known at {known_at.isoformat()}")
     hospital_id = max(submissions, key=lambda e: (e.payload.revision, e.recorded_at)).payload.hospital_id

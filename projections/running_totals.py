@@ -42,6 +42,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from ledger.clearing import ClearingError, PoolYear, settle
+from ledger.events import EventType
 from ledger.policy import PolicyMissing
 from projections.store import CASE_LEVEL, UtcDateTime, index_table, tracking_table
 
@@ -301,7 +302,7 @@ DEFAULT_LAG_BOUND = timedelta(seconds=120)
 """`reconcile` fails when a hospital's totals miss an event the store accepted longer ago than
 this (streams/README.md "Totals always converge": the worker's check runs every 10 s)."""
 
-_WIDE_EVENTS = ("PolicyVersionPublished", "CoefficientChanged", "HospitalRegistered")
+_WIDE_EVENTS = (EventType.POLICY_VERSION_PUBLISHED, EventType.COEFFICIENT_CHANGED, EventType.HOSPITAL_REGISTERED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +333,7 @@ def lagging(engine: Engine, pool: str | None = None, year: int | None = None,
     rt = running_totals_table
 
     def narrowed(q: Any, t: Any) -> Any:
-        q = q.where(t.c.event_type == "CaseSubmitted")
+        q = q.where(t.c.event_type == EventType.CASE_SUBMITTED)
         if pool is not None:
             q = q.where(t.c.pool == pool)
         if year is not None:
@@ -453,7 +454,7 @@ def policy_moments(events: Iterable[Any], pool: str, year: int) -> list[datetime
     from ledger.impact import impact
 
     return sorted({e.recorded_at for e in events
-                   if e.event_type in ("PolicyVersionPublished", "CoefficientChanged") and impact(e).touches(pool, year)})
+                   if e.event_type in (EventType.POLICY_VERSION_PUBLISHED, EventType.COEFFICIENT_CHANGED) and impact(e).touches(pool, year)})
 
 
 def _compare(a: dict[str, HospitalTotals], b: dict[str, HospitalTotals], position: Any = None) -> list[Difference]:

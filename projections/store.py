@@ -29,8 +29,11 @@ from eventsourcing.persistence import DatabaseError as JournalDatabaseError
 from eventsourcing.persistence import IntegrityError as JournalConflict
 from pydantic import BaseModel
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
+    Boolean,
     Column,
+    Date,
     DateTime,
     Dialect,
     Index,
@@ -41,7 +44,6 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
-    ARRAY,
     and_,
     any_,
     delete,
@@ -65,6 +67,7 @@ from ledger.events import (
     ENVELOPES,
     LEDGER_WRITTEN,
     MAX_LINE_BYTES,
+    EventType,
     InvalidEvent,
     canonical_json,
     ingested,
@@ -89,19 +92,19 @@ DATABASE_URL_ENV = "DRG_LEDGER_DATABASE_URL"
 DEFAULT_DATABASE_URL = "sqlite:///drg-ledger.db"
 
 POOL_LEVEL = (
-    "HospitalRegistered",
-    "PolicyVersionPublished",
-    "CoefficientChanged",
-    "BudgetSet",
-    "PrepaymentMade",
-    "ClearingCompleted",
+    EventType.HOSPITAL_REGISTERED,
+    EventType.POLICY_VERSION_PUBLISHED,
+    EventType.COEFFICIENT_CHANGED,
+    EventType.BUDGET_SET,
+    EventType.PREPAYMENT_MADE,
+    EventType.CLEARING_COMPLETED,
 )
 """Event types that belong to a pool as a whole (RULES.md 1, 2, 5)."""
 
-CASE_LEVEL = ("CaseSubmitted", "CaseWithdrawn", "ReviewVerdictRecorded", "PenaltyImposed")
+CASE_LEVEL = (EventType.CASE_SUBMITTED, EventType.CASE_WITHDRAWN, EventType.REVIEW_VERDICT_RECORDED, EventType.PENALTY_IMPOSED)
 """Event types that name a case; verdicts may arrive first (EVENTS.md "Order of arrival")."""
 
-NEEDS_REGISTERED_HOSPITAL = frozenset({"CaseSubmitted", "CaseWithdrawn"})
+NEEDS_REGISTERED_HOSPITAL = frozenset({EventType.CASE_SUBMITTED, EventType.CASE_WITHDRAWN})
 
 _INDEX = "ledger_index"
 _PENALTIES = "penalties"  # tracking row: journal position up to which penalties are derived
@@ -549,7 +552,7 @@ class LedgerStore:
                     late.append((e.line, e.raw, _other_content(eid)))
             self._dead_letter(late, origin, stamp, report)
         self.record_consumed([_origin(origin, line) for line in duplicate_lines], "duplicate")
-        report.accepted += sum(1 for _, e in done if e.event.event_type != "HistoryBackfilled")
+        report.accepted += sum(1 for _, e in done if e.event.event_type != EventType.HISTORY_BACKFILLED)
         if done:
             self.complete_derivations({nid: e.event for nid, e in done})
             checkpoint("derivation")
@@ -610,7 +613,7 @@ class LedgerStore:
                 continue
             seen[ev.event_id] = entry
             accepted.append(entry)
-            if ev.event_type == "HospitalRegistered":
+            if ev.event_type == EventType.HOSPITAL_REGISTERED:
                 registered[ev.payload.hospital_id] = ev.payload.pool
         return accepted, duplicate_lines
 
@@ -687,7 +690,7 @@ class LedgerStore:
                 )
         if ev.event_type in NEEDS_REGISTERED_HOSPITAL and ev.payload.hospital_id not in registered:
             return _unknown_hospital(ev)
-        if ev.event_type == "HospitalRegistered" and registered.get(ev.payload.hospital_id, ev.payload.pool) != ev.payload.pool:
+        if ev.event_type == EventType.HOSPITAL_REGISTERED and registered.get(ev.payload.hospital_id, ev.payload.pool) != ev.payload.pool:
             return _pool_move(ev, registered[ev.payload.hospital_id])
         if seals.seals:
             at = recorded_at or stamp
@@ -727,14 +730,14 @@ class LedgerStore:
             if ids:
                 rows = conn.execute(
                     select(t.c.case_id, t.c.pool, t.c.year).where(
-                        t.c.event_type == "CaseSubmitted", _among(conn, t.c.case_id, ids)
+                        t.c.event_type == EventType.CASE_SUBMITTED, among(conn, t.c.case_id, ids)
                     )
                 )
                 for case_id, pool, year in rows:
                     known_pool, years = out.setdefault(case_id, (pool, set()))
                     years.add(year)
         for _, _, ev in parsed:  # revisions in the same batch count too
-            if ev.event_type == "CaseSubmitted" and ev.payload.case_id in named:
+            if ev.event_type == EventType.CASE_SUBMITTED and ev.payload.case_id in named:
                 pool, years = out.setdefault(ev.payload.case_id, (self._pools.get(ev.payload.hospital_id), set()))
                 years.add(ev.payload.discharge_date.year)
         return out
@@ -746,11 +749,11 @@ class LedgerStore:
             return self._seals[1]
         with self._engine.connect() as conn:
             rows = conn.execute(
-                select(t.c.event_id, t.c.body).where(t.c.event_type == "ClearingCompleted").order_by(t.c.seq)
+                select(t.c.event_id, t.c.body).where(t.c.event_type == EventType.CLEARING_COMPLETED).order_by(t.c.seq)
             ).all()
         found = []
         for event_id, body in rows:
-            p = _parse_stored("ClearingCompleted", body).payload
+            p = _parse_stored(EventType.CLEARING_COMPLETED, body).payload
             found.append(Seal(p.pool, p.year, p.known_at, event_id))
         seals = Seals(found)
         self._seals = (self._position, seals)
@@ -763,7 +766,7 @@ class LedgerStore:
         other registration is refused. A claim outlives a crash before the journal write:
         it reserves the id for the pool it named, which is the rule anyway."""
         claims = {e.event.payload.hospital_id: e.event.payload.pool for e in accepted
-                  if e.event.event_type == "HospitalRegistered"}
+                  if e.event.event_type == EventType.HOSPITAL_REGISTERED}
         if not claims:
             return accepted, []
         t = hospital_pools_table
@@ -775,7 +778,7 @@ class LedgerStore:
         moved: list[tuple[int, bytes, InvalidEvent]] = []
         for e in accepted:
             p = e.event.payload
-            if e.event.event_type == "HospitalRegistered" and owners.get(p.hospital_id) != p.pool:
+            if e.event.event_type == EventType.HOSPITAL_REGISTERED and owners.get(p.hospital_id) != p.pool:
                 moved.append((e.line, e.raw, _pool_move(e.event, owners[p.hospital_id])))
             else:
                 kept.append(e)
@@ -806,11 +809,11 @@ class LedgerStore:
                 positions = conn.execute(select(t.c.seq, t.c.event_type).where(t.c.seq > done, t.c.seq <= head)).all()
                 # A penalty unblocks no other: `penalty_events` reads submissions, verdicts,
                 # registrations and policies only, so penalties are never looked at here.
-                unread = [seq for seq, et in positions if seq not in known and et != "PenaltyImposed"]
+                unread = [seq for seq, et in positions if seq not in known and et != EventType.PENALTY_IMPOSED]
                 rows = []
                 if unread:
-                    rows = conn.execute(select(t.c.event_type, t.c.body).where(_among(conn, t.c.seq, unread))).all()
-            events = [known[seq] for seq, et in positions if seq in known and et != "PenaltyImposed"]
+                    rows = conn.execute(select(t.c.event_type, t.c.body).where(among(conn, t.c.seq, unread))).all()
+            events = [known[seq] for seq, et in positions if seq in known and et != EventType.PENALTY_IMPOSED]
             events += [_parse_stored(et, b) for et, b in rows]
             appended = self.derive_penalties(self.cases_impacted(events)) if events else 0
             new += appended
@@ -846,7 +849,7 @@ class LedgerStore:
             conditions.append(and_(*c))
         ids = sorted(case_ids)
         if ids:
-            conditions.append(_among(self._engine, t.c.case_id, ids))
+            conditions.append(among(self._engine, t.c.case_id, ids))
         if not conditions:
             return set()
         found: set[tuple[str, int, str, str]] = set()
@@ -854,7 +857,7 @@ class LedgerStore:
             for i in range(0, len(conditions), 50):
                 rows = conn.execute(
                     select(t.c.pool, t.c.year, t.c.hospital_id, t.c.case_id)
-                    .where(t.c.event_type == "CaseSubmitted", t.c.pool.is_not(None), or_(*conditions[i : i + 50]))
+                    .where(t.c.event_type == EventType.CASE_SUBMITTED, t.c.pool.is_not(None), or_(*conditions[i : i + 50]))
                     .distinct()
                 )
                 found.update((pool, year, hospital, case) for pool, year, hospital, case in rows)
@@ -880,13 +883,13 @@ class LedgerStore:
         already recorded are skipped. Returns how many penalties were new.
         """
         t = index_table
-        verdicts = select(t.c.case_id).where(t.c.event_type == "ReviewVerdictRecorded")
+        verdicts = select(t.c.case_id).where(t.c.event_type == EventType.REVIEW_VERDICT_RECORDED)
         if case_ids is not None:
             ordered = sorted(set(case_ids))
             if not ordered:
                 return 0
             with self._engine.connect() as conn:
-                found = set(conn.execute(verdicts.where(_among(conn, t.c.case_id, ordered)).distinct()).scalars())
+                found = set(conn.execute(verdicts.where(among(conn, t.c.case_id, ordered)).distinct()).scalars())
         else:
             with self._engine.connect() as conn:
                 found = set(conn.execute(verdicts.distinct()).scalars())
@@ -902,14 +905,14 @@ class LedgerStore:
         the case rows are kept by type here, or SQLite scans the event-type index)."""
         t = index_table
         columns = (t.c.seq, t.c.event_type, t.c.body, t.c.pool)
-        wanted = ("CaseSubmitted", "ReviewVerdictRecorded")
+        wanted = (EventType.CASE_SUBMITTED, EventType.REVIEW_VERDICT_RECORDED)
         with self._engine.connect() as conn:
-            rows = [r for r in conn.execute(select(*columns).where(_among(conn, t.c.case_id, case_ids))) if r[1] in wanted]
-            pools = sorted({pool for _, et, _, pool in rows if et == "CaseSubmitted" and pool is not None})
+            rows = [r for r in conn.execute(select(*columns).where(among(conn, t.c.case_id, case_ids))) if r[1] in wanted]
+            pools = sorted({pool for _, et, _, pool in rows if et == EventType.CASE_SUBMITTED and pool is not None})
             if pools:
                 rows += conn.execute(select(*columns).where(
-                    t.c.event_type.in_(("HospitalRegistered", "PolicyVersionPublished", "CoefficientChanged")),
-                    _among(conn, t.c.pool, pools),
+                    t.c.event_type.in_((EventType.HOSPITAL_REGISTERED, EventType.POLICY_VERSION_PUBLISHED, EventType.COEFFICIENT_CHANGED)),
+                    among(conn, t.c.pool, pools),
                 )).all()
         return [_parse_stored(et, body) for _, et, body, _ in sorted(rows, key=lambda r: r[0])]
 
@@ -1027,7 +1030,7 @@ class LedgerStore:
         if not ids:
             return found
         with self._engine.connect() as conn:
-            for eid, h in conn.execute(select(t.c.event_id, t.c.content_hash).where(_among(conn, t.c.event_id, ids))):
+            for eid, h in conn.execute(select(t.c.event_id, t.c.content_hash).where(among(conn, t.c.event_id, ids))):
                 found[eid] = h
         return found
 
@@ -1288,7 +1291,7 @@ class LedgerStore:
     def registered_pools(conn: Connection) -> dict[str, str]:
         t = index_table
         rows = conn.execute(
-            select(t.c.hospital_id, t.c.pool).where(t.c.event_type == "HospitalRegistered").order_by(t.c.seq)
+            select(t.c.hospital_id, t.c.pool).where(t.c.event_type == EventType.HOSPITAL_REGISTERED).order_by(t.c.seq)
         )
         return {hospital_id: pool for hospital_id, pool in rows}
 
@@ -1317,7 +1320,7 @@ class LedgerStore:
         t = index_table
         ids = list(dict.fromkeys(case_ids)) if case_ids is not None else None
         narrowed = pool is not None or year is not None or hospital_id is not None
-        cases = select(t.c.case_id).where(t.c.event_type == "CaseSubmitted")
+        cases = select(t.c.case_id).where(t.c.event_type == EventType.CASE_SUBMITTED)
         if pool is not None:
             cases = cases.where(t.c.pool == pool)
         if year is not None:
@@ -1331,10 +1334,10 @@ class LedgerStore:
             pools: Any = t.c.pool == pool
         elif hospital_id is not None:
             pools = t.c.pool.in_(
-                select(t.c.pool).where(t.c.event_type == "HospitalRegistered", t.c.hospital_id == hospital_id)
+                select(t.c.pool).where(t.c.event_type == EventType.HOSPITAL_REGISTERED, t.c.hospital_id == hospital_id)
             )
         elif ids is not None:
-            pools = t.c.pool.in_(select(t.c.pool).where(t.c.event_type == "CaseSubmitted", t.c.case_id.in_(ids)))
+            pools = t.c.pool.in_(select(t.c.pool).where(t.c.event_type == EventType.CASE_SUBMITTED, t.c.case_id.in_(ids)))
         else:
             pools = true()
         case_events = t.c.case_id.in_(cases) if narrowed or ids is None else t.c.case_id.in_(ids)
@@ -1395,7 +1398,7 @@ class LedgerStore:
         t = index_table
         with self._engine.connect() as conn:
             rows = conn.execute(
-                select(t.c.event_type, t.c.body).where(t.c.event_type == "HospitalRegistered").order_by(t.c.seq)
+                select(t.c.event_type, t.c.body).where(t.c.event_type == EventType.HOSPITAL_REGISTERED).order_by(t.c.seq)
             )
             payloads = [_parse_stored(et, body).payload for et, body in rows]
         return {p.hospital_id: p for p in payloads}
@@ -1631,9 +1634,9 @@ def _backfill_entry(backfill: Backfill, entries: list[_Entry], origin: str, stam
     "Transaction time, seals and backfill"); its id is derived from what it covers."""
     moments = [e.event.recorded_at for e in entries]
     covered = hashlib.sha256("\n".join(e.event.event_id for e in entries).encode()).hexdigest()[:32]
-    ev = ENVELOPES["HistoryBackfilled"](
+    ev = ENVELOPES[EventType.HISTORY_BACKFILLED](
         event_id=f"backfill:{backfill.file_sha256[:16]}:{covered}",
-        event_type="HistoryBackfilled",
+        event_type=EventType.HISTORY_BACKFILLED,
         recorded_at=stamp,
         source="system",
         payload={
@@ -1670,7 +1673,7 @@ def _consume(conn: Connection, origins: Iterable[str], fate: str) -> None:
         conn.execute(_insert_ignoring(conn, consumed_offsets_table, ["topic", "partition", "offset"]), list(rows.values()))
 
 
-def _among(conn: Connection | Engine, column: Any, values: Sequence[Any]) -> Any:
+def among(conn: Connection | Engine, column: Any, values: Sequence[Any]) -> Any:
     """`column IN values` as one bound parameter, however many values: `= ANY(array)` on
     PostgreSQL, `IN (SELECT value FROM json_each(...))` on SQLite. One statement text for
     every length (an IN list is a new statement to plan per length and per 900 values)."""
@@ -1739,14 +1742,14 @@ def _index_row(seq: int, ev: Envelope, body: str, submitted_hash: str, pools: di
     pool = getattr(p, "pool", None)
     if pool is None and hospital_id is not None:
         pool = pools.get(hospital_id)
-    if ev.event_type == "HospitalRegistered":
+    if ev.event_type == EventType.HOSPITAL_REGISTERED:
         pools[hospital_id] = pool
     year: int | None = None
-    if ev.event_type == "CaseSubmitted":
+    if ev.event_type == EventType.CASE_SUBMITTED:
         year = p.discharge_date.year
-    elif ev.event_type in ("BudgetSet", "ClearingCompleted"):
+    elif ev.event_type in (EventType.BUDGET_SET, EventType.CLEARING_COMPLETED):
         year = p.year
-    elif ev.event_type == "PrepaymentMade":
+    elif ev.event_type == EventType.PREPAYMENT_MADE:
         year = p.paid_on.year
     return {
         "seq": seq,
@@ -1764,32 +1767,53 @@ def _index_row(seq: int, ev: Envelope, body: str, submitted_hash: str, pools: di
     }
 
 
-_INDEX_COLUMNS = [c.name for c in index_table.columns]
-_PG_INDEX_TYPES = {"seq": "int8", "year": "int4", "recorded_at": "timestamptz", "ingested_at": "timestamptz"}
+def _pg_type(column: Column[Any]) -> str:
+    """The PostgreSQL type a binary COPY writes a column's Python values as."""
+    kind = column.type
+    if isinstance(kind, UtcDateTime):
+        return "timestamptz"
+    if isinstance(kind, (BigInteger, Integer)):
+        return "int8" if isinstance(kind, BigInteger) or column.name == "seq" else "int4"
+    if isinstance(kind, Boolean):
+        return "bool"
+    if isinstance(kind, Date):
+        return "date"
+    return "text"
 
 
-def _write_index(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Inserts index rows in bulk, in `conn`'s transaction: COPY on PostgreSQL, one
-    executemany of plain tuples on SQLite (the instants as `UtcDateTime` stores them)."""
+def bulk_insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Inserts rows of `table` in bulk, in `conn`'s transaction: a binary COPY on PostgreSQL,
+    one executemany of plain tuples on SQLite (instants as `UtcDateTime` stores them)."""
+    if not rows:
+        return
+    columns = list(table.columns)
+    names = [c.name for c in columns]
     dbapi = conn.connection.driver_connection
     if conn.dialect.name == "postgresql":
-        names = ", ".join(f'"{c}"' for c in _INDEX_COLUMNS)
-        with dbapi.cursor() as cur, cur.copy(f"COPY {_INDEX} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types([_PG_INDEX_TYPES.get(c, "text") for c in _INDEX_COLUMNS])
+        quoted = ", ".join(f'"{c}"' for c in names)
+        with dbapi.cursor() as cur, cur.copy(f"COPY {table.name} ({quoted}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types([_pg_type(c) for c in columns])
             for row in rows:
-                copy.write_row([row[c] for c in _INDEX_COLUMNS])
+                copy.write_row([row[c] for c in names])
         return
     instant = UtcDateTime().process_bind_param
     dialect = conn.dialect
-    timed = {"recorded_at", "ingested_at"}
+    timed = {c.name for c in columns if isinstance(c.type, UtcDateTime)}
+    dated = {c.name for c in columns if isinstance(c.type, Date)}
     cur = dbapi.cursor()
     try:
         cur.executemany(
-            f"INSERT INTO {_INDEX} ({', '.join(_INDEX_COLUMNS)}) VALUES ({', '.join('?' * len(_INDEX_COLUMNS))})",
-            [tuple(instant(row[c], dialect) if c in timed else row[c] for c in _INDEX_COLUMNS) for row in rows],
+            f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+            [tuple(instant(row[c], dialect) if c in timed else row[c].isoformat() if c in dated and row[c] is not None
+                   else row[c] for c in names) for row in rows],
         )
     finally:
         cur.close()
+
+
+def _write_index(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Inserts index rows in bulk (`bulk_insert`)."""
+    bulk_insert(conn, index_table, rows)
 
 
 def _other_content(event_id: str) -> InvalidEvent:

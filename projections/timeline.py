@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import distinct, func, select
 
-from ledger.clearing import Balance, ClearingError, settle
 from ledger.catalogue import Catalogue
-from ledger.events import ENVELOPES, Component
+from ledger.clearing import Balance, ClearingError, settle
+from ledger.events import ENVELOPES, Component, EventType
 from ledger.policy import InForce, PolicyBook, PolicyMissing, latest_covering
 from projections.queries import NotFound, hospital_pool, now, projected_balances
 from projections.store import index_table
@@ -26,7 +26,7 @@ from projections.store import index_table
 if TYPE_CHECKING:
     from projections.store import LedgerStore
 
-POLICY_EVENTS = ("PolicyVersionPublished", "CoefficientChanged", "BudgetSet", "ClearingCompleted")
+POLICY_EVENTS = (EventType.POLICY_VERSION_PUBLISHED, EventType.COEFFICIENT_CHANGED, EventType.BUDGET_SET, EventType.CLEARING_COMPLETED)
 """The pool-level events that change a pool-year's figures: the moments of a known-at slider."""
 
 
@@ -88,16 +88,16 @@ def _overlaps(effective_from: date, effective_to: date | None, year: int) -> boo
 def _moment_event(e: Any) -> dict[str, Any]:
     p = e.payload
     out: dict[str, Any] = {"event_id": e.event_id, "event_type": e.event_type, "source": e.source}
-    if e.event_type == "PolicyVersionPublished":
+    if e.event_type == EventType.POLICY_VERSION_PUBLISHED:
         out.update(component=p.component.value, version=p.version, effective_from=p.effective_from.isoformat(),
                    effective_to=p.effective_to.isoformat() if p.effective_to else None)
-    elif e.event_type == "CoefficientChanged":
+    elif e.event_type == EventType.COEFFICIENT_CHANGED:
         out.update(hospital_id=p.hospital_id, drg_code=p.drg_code, grade=p.grade.value if p.grade else None,
                    coefficient=str(p.coefficient), reason=p.reason, effective_from=p.effective_from.isoformat(),
                    effective_to=p.effective_to.isoformat() if p.effective_to else None)
-    elif e.event_type == "BudgetSet":
+    elif e.event_type == EventType.BUDGET_SET:
         out.update(amount=str(p.amount))
-    elif e.event_type == "ClearingCompleted":
+    elif e.event_type == EventType.CLEARING_COMPLETED:
         out.update(known_at=p.known_at.isoformat(), point_value=str(p.point_value))
     return out
 
@@ -113,7 +113,7 @@ def policy_moments(store: LedgerStore, pool: str, year: int) -> list[dict[str, A
     moments: dict[datetime, list[dict[str, Any]]] = {}
     for e in _pool_events(store, pool, POLICY_EVENTS):
         p = e.payload
-        if e.event_type in ("PolicyVersionPublished", "CoefficientChanged"):
+        if e.event_type in (EventType.POLICY_VERSION_PUBLISHED, EventType.COEFFICIENT_CHANGED):
             relevant = _overlaps(p.effective_from, p.effective_to, year)
         else:
             relevant = p.year == year
@@ -137,7 +137,7 @@ def policies_in_force(
     """The component versions and coefficient changes of `pool` in force on `on`, as known at
     `known_at` (RULES.md 2, 3 "In force"), resolved by `ledger.policy.PolicyBook`."""
     known_at = known_at or now()
-    events = _pool_events(store, pool, ("PolicyVersionPublished", "CoefficientChanged"))
+    events = _pool_events(store, pool, (EventType.POLICY_VERSION_PUBLISHED, EventType.COEFFICIENT_CHANGED))
     book = PolicyBook.from_events(pool, events, known_at)
     versions = []
     missing = []
@@ -169,7 +169,7 @@ def pools(store: LedgerStore) -> list[dict[str, Any]]:
         counts[h.pool] = counts.get(h.pool, 0) + 1
     query = (
         select(t.c.pool, t.c.year)
-        .where(t.c.event_type.in_(("CaseSubmitted", "BudgetSet")), t.c.pool.is_not(None), t.c.year.is_not(None))
+        .where(t.c.event_type.in_((EventType.CASE_SUBMITTED, EventType.BUDGET_SET)), t.c.pool.is_not(None), t.c.year.is_not(None))
         .group_by(t.c.pool, t.c.year)
     )
     years: dict[str, set[int]] = {}
@@ -192,7 +192,7 @@ def case_count(store: LedgerStore) -> int:
     """Distinct cases submitted to the ledger (for the service's health report)."""
     t = index_table
     with store.engine.connect() as conn:
-        return int(conn.execute(select(func.count(distinct(t.c.case_id))).where(t.c.event_type == "CaseSubmitted"))
+        return int(conn.execute(select(func.count(distinct(t.c.case_id))).where(t.c.event_type == EventType.CASE_SUBMITTED))
                    .scalar_one())
 
 

@@ -33,11 +33,19 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import inspect, select, text
 
-from ledger.events import MAX_LINE_BYTES
+from ledger.events import MAX_LINE_BYTES, EventType
 from ledger.journal import LedgerEntry, entry_id
 from projections.chain import GENESIS, chain_table_name, content_hash, digest_at, link, read_chain, stored_event_id
-from projections.store import _INDEX, _PENALTIES, _index_row, _parse_stored, dead_letters_table, hospital_pools_table
-from projections.store import index_table, tracking_table
+from projections.store import (
+    _INDEX,
+    _PENALTIES,
+    _index_row,
+    _parse_stored,
+    dead_letters_table,
+    hospital_pools_table,
+    index_table,
+    tracking_table,
+)
 
 if TYPE_CHECKING:
     from projections.store import LedgerStore
@@ -230,13 +238,13 @@ def _walk(
                                 f"index has {_short(actual.get(column))}, journal implies {_short(value)}")
                         break
             p = ev.payload
-            if ev.event_type == "HospitalRegistered":
+            if ev.event_type == EventType.HOSPITAL_REGISTERED:
                 registrations[p.hospital_id] = (n.id, ev.event_id, p.pool)
-            elif ev.event_type == "ReviewVerdictRecorded" and p.outcome == "violation":
+            elif ev.event_type == EventType.REVIEW_VERDICT_RECORDED and p.outcome == "violation":
                 violations.add(ev.event_id)
-            elif ev.event_type == "PenaltyImposed":
+            elif ev.event_type == EventType.PENALTY_IMPOSED:
                 penalties.append((n.id, ev.event_id))
-            elif ev.event_type == "ClearingCompleted" and getattr(p, "log_digest", None):
+            elif ev.event_type == EventType.CLEARING_COMPLETED and getattr(p, "log_digest", None):
                 clearings.append((n.id, ev.event_id, p.log_digest))
         for seq in sorted(index_rows):
             out.add("index", seq, index_rows[seq]["event_id"], f"{_INDEX} row has no journal entry")
@@ -287,7 +295,7 @@ def _clearing_digests(store: LedgerStore) -> dict[str, tuple[int, str]]:
     t = index_table
     out: dict[str, tuple[int, str]] = {}
     with store.engine.connect() as conn:
-        for eid, body in conn.execute(select(t.c.event_id, t.c.body).where(t.c.event_type == "ClearingCompleted")):
+        for eid, body in conn.execute(select(t.c.event_id, t.c.body).where(t.c.event_type == EventType.CLEARING_COMPLETED)):
             try:
                 d = json.loads(body).get("payload", {}).get("log_digest")
                 if d:

@@ -11,7 +11,7 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from ledger.clearing import gc_paused
-from ledger.workbench import DeriveParameters, Derivation, YearCases, derive, read_year
+from ledger.workbench import Derivation, DeriveParameters, YearCases, derive, read_year
 
 if TYPE_CHECKING:
     from projections.store import LedgerStore

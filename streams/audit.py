@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, replace
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from projections.offsets import PartitionMark, last_log, log_of, marks

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledger.events import LEDGER_WRITTEN, InvalidEvent, decode_line, parse_event
+from ledger.events import LEDGER_WRITTEN, EventType, InvalidEvent, decode_line, parse_event
 from streams.topics import EVENTS, client_options, ensure_topics, key_for
 
 CASE_MEMORY = 1_000_000
@@ -199,9 +199,9 @@ def _validate(data: bytes) -> tuple[dict[str, Any] | None, InvalidEvent | None]:
 
 def _remember(event: dict[str, Any], case_hospitals: dict[str, str], hospital_pools: dict[str, str]) -> None:
     payload = event["payload"]
-    if event["event_type"] == "CaseSubmitted":
+    if event["event_type"] == EventType.CASE_SUBMITTED:
         case_hospitals[payload["case_id"]] = payload["hospital_id"]
         if len(case_hospitals) > CASE_MEMORY:
             del case_hospitals[next(iter(case_hospitals))]
-    elif event["event_type"] == "HospitalRegistered":
+    elif event["event_type"] == EventType.HOSPITAL_REGISTERED:
         hospital_pools[payload["hospital_id"]] = payload["pool"]

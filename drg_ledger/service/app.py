@@ -13,8 +13,8 @@ Started by `drg-ledger serve`; `create_app(database_url, tokens)` builds it for 
 from __future__ import annotations
 
 import base64
-import sqlite3
 import json
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -69,6 +69,7 @@ from drg_ledger.service.problems import (
     unauthenticated,
 )
 from ledger.clearing import ClearingError
+from ledger.events import EventType
 from ledger.policy import PolicyMissing
 from projections import timeline
 from projections.queries import (
@@ -85,7 +86,7 @@ from projections.store import LedgerStore, index_table
 HERE = Path(__file__).parent
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_EVENTS = 10_000
-HIS_EVENT_TYPES = ("CaseSubmitted", "CaseWithdrawn")
+HIS_EVENT_TYPES = (EventType.CASE_SUBMITTED, EventType.CASE_WITHDRAWN)
 """What an HIS submits: its own cases (EVENTS.md "Payloads": the rest is operator-only or ledger-written)."""
 
 STORE_DOWN = (sa_exc.OperationalError, sa_exc.InterfaceError, es_persistence.OperationalError,

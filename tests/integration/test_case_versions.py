@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from ledger.clearing import ClearingError, clearing, settle
 from ledger.policy import PolicyMissing
 from projections import case_versions
-from projections.queries import clear_pool, hospital_balance
+from ledger.explain import UnknownCase, explain
+from projections.queries import NotFound, clear_pool, explain_case, hospital_balance
 from projections.running_totals import projected_totals, reconcile, totals_by_hospital
 from projections.store import LedgerStore
 from tests import factories as f
@@ -94,6 +95,19 @@ def check_against_replay(store: LedgerStore, moments: list[datetime]) -> None:
         expected = outcome(lambda: clearing(settle(journal, POOL, 2020, at)).as_json())
         got = outcome(lambda: {k: v for k, v in clear_pool(store, POOL, 2020, at).as_json().items() if k != "basis"})
         assert got == expected, at
+    # `explain` reads only the case's events, its pool's and the projection's cap answer
+    at = moments[-1]
+    for case_id in sorted({e.payload.case_id for e in journal if e.event_type == "CaseSubmitted"}):
+        try:
+            expected = explain(journal, case_id, at)
+        except (UnknownCase, ClearingError, PolicyMissing) as exc:
+            expected = type(exc).__name__
+        try:
+            got = explain_case(store, case_id, at)
+            got.pop("basis"), got.pop("ingested_at")
+        except (NotFound, ClearingError, PolicyMissing) as exc:
+            got = "UnknownCase" if isinstance(exc, NotFound) else type(exc).__name__
+        assert got == expected, case_id
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

@@ -235,17 +235,22 @@ def clear_args(*extra: str) -> list[str]:
 
 def measure_backend(url: str, scale: Scale, floor: dict[str, Any] | None, repeat: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    # CLI start-up: `--help` (interpreter + typer), and a clear of a pool with no events (imports,
-    # store open, the query finding no budget: exit 4), 9 runs each. A best of 3 (clear, explain)
-    # is reported net of the start-up's best, each balance sample net of its median.
+    # CLI start-up: `--help` (interpreter, typer), and each measured command asking for what
+    # does not exist (the same imports and store open, a lookup that finds nothing: exit 3 or 4),
+    # 9 runs each. A best of 3 (clear, explain) is reported net of its command's best start-up,
+    # each balance sample net of the median.
     helps = [cli("--help")["wall"] for _ in range(9)]
-    empties = [cli("clear", "--pool", "nosuchpool", "--year", str(YEAR), "--json", url=url) for _ in range(9)]
-    startup, typical = min(r["wall"] for r in empties), statistics.median(r["wall"] for r in empties)
-    startup_cpu = min(r["user"] + r["sys"] for r in empties)
-    out["startup"] = {"help_best": min(helps), "help_median": statistics.median(helps), "help_runs": helps,
-                      "empty_clear_best": startup, "empty_clear_median": typical, "empty_clear_cpu_best": startup_cpu,
-                      "empty_clear_runs": [strip(r) for r in empties]}
-    console.log(f"start-up: --help {min(helps):.3f} s, empty clear best {startup:.3f} s, median {typical:.3f} s")
+    out["startup"] = {"help_best": min(helps), "help_median": statistics.median(helps), "help_runs": helps}
+    for name, args in (("clear", ["clear", "--pool", "nosuchpool", "--year", str(YEAR), "--json"]),
+                       ("balance", ["balance", "--hospital", "NOSUCH", "--as-of", f"{YEAR}-06-30", "--known-at", AFTER,
+                                    "--json"]),
+                       ("explain", ["explain", "--case", "NOSUCH", "--known-at", AFTER, "--json"])):
+        runs = [cli(*args, url=url) for _ in range(9)]
+        walls = [r["wall"] for r in runs]
+        out["startup"][name] = {"best": min(walls), "median": statistics.median(walls),
+                                "cpu_best": min(r["user"] + r["sys"] for r in runs), "rc": runs[0]["rc"], "runs": walls}
+        console.log(f"start-up of {name}: best {min(walls):.3f} s, median {statistics.median(walls):.3f} s")
+    startup, startup_cpu = out["startup"]["clear"]["best"], out["startup"]["clear"]["cpu_best"]
 
     plan = step("plan", url, "--samples", str(scale.balance_samples))
     out["plan"] = {k: plan.get(k) for k in ("explain_case", "series_hospital", "grade_2a")}
@@ -276,7 +281,7 @@ def measure_backend(url: str, scale: Scale, floor: dict[str, Any] | None, repeat
     asks = plan.get("balance_asks", [])
     runs = [cli("balance", "--hospital", h, "--as-of", day, "--known-at", AFTER, "--json", url=url)
             for h, day in asks]
-    nets = [r["wall"] - typical for r in runs]
+    nets = [r["wall"] - out["startup"]["balance"]["median"] for r in runs]
     out["balance"] = {"wall": percentiles([r["wall"] for r in runs]), "known_at": AFTER, "samples": len(runs), "failed": sum(1 for r in runs if r["rc"] != 0),
                       "rcs": sorted({r["rc"] for r in runs}), **percentiles(nets), "peak_rss_mib": max(r["peak_rss_mib"] for r in runs)}
     console.log(f"balance: p50 {out['balance']['p50'] * 1e3:.0f} ms, p95 {out['balance']['p95'] * 1e3:.0f} ms net")
@@ -287,7 +292,8 @@ def measure_backend(url: str, scale: Scale, floor: dict[str, Any] | None, repeat
     runs = [cli("explain", "--case", case, "--known-at", AFTER, "--json", url=url, label=f"explain {case}")
             for _ in range(repeat)]
     best = min(r["wall"] for r in runs)
-    out["explain"] = {"case": case, "runs": [strip(r) for r in runs], "best": best, "net": best - startup,
+    out["explain"] = {"case": case, "runs": [strip(r) for r in runs], "best": best,
+                      "net": best - out["startup"]["explain"]["best"],
                       "rc": runs[0]["rc"]}
 
     out["coefficient"] = backdated_coefficients(url, plan.get("grade_2a", []), clearings["now"])
@@ -300,10 +306,12 @@ def backdated_coefficients(url: str, hospitals: list[str], before: dict[str, Any
     """A CoefficientChanged for every 2A hospital, effective 2020-01-01, recorded now: `ingest`
     of the file, then the next `clear`; whose settled points moved (and whose money: all, as
     the point value moves with the points)."""
+    from ledger.events import EventType
+
     recorded = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     lines = [json.dumps({
-        "event_id": f"bench-coef-{POOL}-{YEAR}-{h}-{stamp}", "event_type": "CoefficientChanged", "schema_version": 1,
+        "event_id": f"bench-coef-{POOL}-{YEAR}-{h}-{stamp}", "event_type": EventType.COEFFICIENT_CHANGED, "schema_version": 1,
         "source": "operator:coefficients", "recorded_at": recorded,
         "payload": {"pool": POOL, "hospital_id": h, "coefficient": "1.05", "effective_from": f"{YEAR}-01-01",
                     "effective_to": f"{YEAR}-12-31", "reason": "benchmark: back-dated coefficient for every 2A hospital"},
@@ -358,8 +366,9 @@ def report(result: dict[str, Any]) -> None:
     row("  ANALYZE s", lambda b: f"{b['analyze']['seconds']:.2f}")
     row("CLI start-up s, best / median of 9: --help", lambda b: f"{b['startup']['help_best']:.2f} / "
         f"{b['startup']['help_median']:.2f}")
-    row("  empty-pool clear (what is subtracted)", lambda b: f"{b['startup']['empty_clear_best']:.2f} / "
-        f"{b['startup']['empty_clear_median']:.2f}")
+    for name in ("clear", "balance", "explain"):
+        row(f"  {name} of nothing (what is subtracted)", lambda b, n=name: f"{b['startup'][n]['best']:.2f} / "
+            f"{b['startup'][n]['median']:.2f}")
     table.add_row("PostgreSQL GROUP BY hospital, drg (floor) ms", *[f"{floor['best'] * 1e3:.0f}" if "best" in floor
                   else "-" for _ in result["backends"]], "best of 3")
     for name in ("2021-05-10", "2021-05-12", "now"):

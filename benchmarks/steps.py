@@ -82,6 +82,7 @@ def step_plan(args: argparse.Namespace) -> dict[str, Any]:
     pool's grade-2A hospitals for the back-dated coefficient change, a case for `explain`."""
     from sqlalchemy import func, select
 
+    from ledger.events import EventType
     from projections.store import LedgerStore, index_table
 
     rng = random.Random(args.seed)
@@ -89,10 +90,10 @@ def step_plan(args: argparse.Namespace) -> dict[str, Any]:
         registered = {h: p for h, p in store.hospitals().items() if p.pool == args.pool}
         t = index_table
         with store.engine.connect() as conn:
-            n = conn.execute(select(func.count()).where(t.c.event_type == "CaseSubmitted", t.c.pool == args.pool,
+            n = conn.execute(select(func.count()).where(t.c.event_type == EventType.CASE_SUBMITTED, t.c.pool == args.pool,
                                                         t.c.year == args.year)).scalar_one()
             case_id = conn.execute(
-                select(t.c.case_id).where(t.c.event_type == "CaseSubmitted", t.c.pool == args.pool, t.c.year == args.year)
+                select(t.c.case_id).where(t.c.event_type == EventType.CASE_SUBMITTED, t.c.pool == args.pool, t.c.year == args.year)
                 .order_by(t.c.seq).offset(rng.randrange(n)).limit(1)).scalar_one()
     hospitals = sorted(registered)
     days = (date(args.year + 1, 1, 1) - date(args.year, 1, 1)).days

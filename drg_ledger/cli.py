@@ -56,12 +56,12 @@ def parse_day(text: str, option: str) -> date:
         raise typer.BadParameter(exc.reason, param_hint=exc.field) from None
 
 
-def open_store(database_url: str | None) -> Any:
+def open_store(database_url: str | None, *, heal: bool = True) -> Any:
     from projections.chain import BrokenEntry
     from projections.store import LedgerStore
 
     try:
-        return LedgerStore.open(database_url)
+        return LedgerStore.open(database_url, heal=heal)
     except BrokenEntry as exc:
         fail(EXIT_REJECTED, f"{exc}; nothing derived is built from it (run `drg-ledger verify`)")
 
@@ -281,7 +281,7 @@ def doctor(
 ) -> None:
     """Check the store (index and derivations caught up with the journal, constraints present) and
     repair what can be derived again, saying what it did. Exit 1 when a problem remains."""
-    with open_store(database_url) as store:
+    with open_store(database_url, heal=not check_only) as store:  # --check-only: as found, nothing healed on open
         checks = store.doctor(repair=not check_only)
     if as_json:
         emit([c.as_json() for c in checks])

@@ -182,10 +182,11 @@ def projected_balances(
             pool_days = {days[0]: case_versions.total(found.values())}
         else:
             own, pool_days = case_versions.daily_sums(conn, pool, year, known_at, hospital_id)
-    basis = Basis(at, sum(s.cases for s in pool_days.values()) + len(pool_events), _latest_ingested(store, at))
+    latest = _latest_ingested(store, at)
     out: list[Any] = []
     for day in days:
         window = [case_versions.cumulative(pool_days, day)]
+        basis = Basis(at, window[0].cases + len(pool_events), latest)  # the versions summed to that day
         try:
             result = balance_from_sums(py, hospital_id, day, case_versions.cumulative(own, day), window)
         except (ClearingError, LookupError) as exc:

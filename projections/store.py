@@ -1167,8 +1167,23 @@ class LedgerStore:
             checks.append(Check("pools never mix", "problem", f"{len(unclaimed)} registered hospitals unclaimed"))
         else:
             checks.append(Check("pools never mix", "ok", f"{len(registered)} hospitals, each claimed by its pool"))
+        checks.append(self._projection_check(repair))
         checks.append(self._constraints_check(repair))
         return checks
+
+    def _projection_check(self, repair: bool) -> Check:
+        """The case-points projection at the index position (it moves in the index's transaction)."""
+        from projections import case_versions
+
+        with self._engine.connect() as conn:
+            at = case_versions.position(conn)
+        position = self.position
+        if at == position:
+            return Check("case-points projection caught up", "ok", f"at journal position {at:,}")
+        if not repair:
+            return Check("case-points projection caught up", "problem", f"projection at {at:,}, index at {position:,}")
+        n = self.catch_up_projection()
+        return Check("case-points projection caught up", "repaired", f"applied {n:,} index rows ({at:,} -> {position:,})")
 
     def _constraints_check(self, repair: bool) -> Check:
         from sqlalchemy import inspect

@@ -201,6 +201,17 @@ def test_doctor_says_a_healthy_store_is_healthy_and_mends_what_can_be_derived(lo
     mended = out(cli(loaded, "doctor"))
     assert {c["check"]: c["status"] for c in mended}["pools never mix"] == "repaired"
     assert {c["status"] for c in out(cli(loaded, "doctor"))} == {"ok"}
+    before = out(cli(loaded, "clear", "--pool", "panzhihua", "--year", "2020"))
+    from projections import case_versions
+
+    with LedgerStore.open(loaded) as store, store.engine.begin() as conn:
+        case_versions.clear_rows(conn)  # the projection lost, as an older store has none
+    problems = out(cli(loaded, "doctor", "--check-only"), 1)
+    assert {c["check"]: c["status"] for c in problems}["case-points projection caught up"] == "problem"
+    assert {c["check"]: c["status"] for c in out(cli(loaded, "doctor"))}["case-points projection caught up"] in (
+        "ok", "repaired")  # opening the store heals it already
+    after = out(cli(loaded, "clear", "--pool", "panzhihua", "--year", "2020"))
+    assert after["hospitals"] == before["hospitals"] and after["point_value"] == before["point_value"]
     rebuilt = out(cli(loaded, "rebuild"))
     assert rebuilt["events"] > 0 and rebuilt["penalties"] == 0
 

@@ -470,7 +470,7 @@ def sums(
     `until` when given): one aggregate. Raises `ClearingError` when a live case cannot be
     settled as known then, with the reason the replay would give."""
     t = table
-    where = [t.c.pool == pool, t.c.year == year, live_at(known_at)]
+    where = [_scanned(conn, t.c.pool) == pool, t.c.year == year, live_at(known_at)]
     if until is not None:
         where.append(t.c.discharge_date <= until)
     if hospital_id is not None:
@@ -497,6 +497,13 @@ def sums(
     return Sums(out, sum(int(r[1]) for r in rows))
 
 
+def _scanned(conn: Connection, column: Any) -> Any:
+    """`column` as a predicate SQLite answers by scanning the table: a pool-year is most of
+    it, and visiting its rows through the pool-year index was twice as slow (220-300 ms vs
+    124 ms at city scale). PostgreSQL's planner chooses for itself."""
+    return column.concat("") if conn.dialect.name == "sqlite" else column
+
+
 def daily_sums(
     conn: Connection, pool: str, year: int, known_at: datetime, hospital_id: str
 ) -> tuple[dict[date, CaseSums], dict[date, CaseSums]]:
@@ -508,7 +515,7 @@ def daily_sums(
         select(
             t.c.discharge_date, mine, func.count(), func.sum(t.c.settled), func.sum(t.c.deducted),
             func.sum(t.c.personal_paid), func.count(t.c.error),
-        ).where(t.c.pool == pool, t.c.year == year, live_at(known_at)).group_by(t.c.discharge_date, mine)
+        ).where(_scanned(conn, t.c.pool) == pool, t.c.year == year, live_at(known_at)).group_by(t.c.discharge_date, mine)
     ).all()
     if any(r[6] for r in rows):
         sums(conn, pool, year, known_at)  # raises with the reason

@@ -12,11 +12,17 @@ from datetime import datetime
 from typing import Any, Iterable
 
 from ledger.events import (
+    EventType,
     CaseSubmitted,
     CaseWithdrawn,
     HospitalRegistered,
     ReviewVerdictRecorded,
 )
+
+
+CASE_EVENTS = frozenset({EventType.CASE_SUBMITTED, EventType.CASE_WITHDRAWN, EventType.REVIEW_VERDICT_RECORDED})
+"""The events a case's state is folded from (`case_states`); a PenaltyImposed is recomputed
+from its verdict (RULES.md 4)."""
 
 
 def _later(a: Any, b: Any | None) -> bool:

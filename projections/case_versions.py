@@ -51,6 +51,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from ledger.cases import CASE_EVENTS
 from ledger.clearing import CaseSums, ClearingError, incentive_over_cap
 from ledger.events import EventType
 from ledger.impact import impact
@@ -63,9 +64,6 @@ if TYPE_CHECKING:
 
 NAME = "case_versions"
 """The table, and its tracking row (the journal position it has applied)."""
-CASE_EVENTS = (EventType.CASE_SUBMITTED, EventType.CASE_WITHDRAWN, EventType.REVIEW_VERDICT_RECORDED)
-"""The events of a case its figures are folded from (a PenaltyImposed is recomputed from its
-verdict, RULES.md 4)."""
 POINTS_SCALE, MONEY_SCALE = 4, 2
 """Points are held to 4 places (RULES.md preamble), money to 2 (EVENTS.md limits): stored as
 exact integers of those units, so sums are exact and fast on both databases."""
@@ -374,7 +372,7 @@ def _case_events(conn: Connection, case_ids: list[str], known: dict[int, Any]) -
     out: dict[str, list[Any]] = defaultdict(list)
     unknown: list[int] = []
     rows = conn.execute(
-        select(t.c.seq, t.c.case_id).where(among(conn, t.c.case_id, case_ids), t.c.event_type.in_(CASE_EVENTS))
+        select(t.c.seq, t.c.case_id).where(among(conn, t.c.case_id, case_ids), t.c.event_type.in_(sorted(CASE_EVENTS)))
     )
     for seq, case_id in rows:
         ev = known.get(seq)
@@ -484,17 +482,20 @@ def sums(
     if any(r[5] for r in rows):
         message = conn.execute(select(t.c.error).where(*where, t.c.error.is_not(None)).order_by(t.c.case_id).limit(1)).scalar()
         raise ClearingError(message)
-    out = {
-        hid: CaseSums(
-            _decimal(int(settled), POINTS_SCALE),
-            Decimal(0) if deducted is None else _decimal(int(deducted), POINTS_SCALE),
-            _decimal(int(personal), MONEY_SCALE),
-            Decimal(0),
-            int(n),
-        )
-        for hid, n, settled, deducted, personal, _ in rows
-    }
+    out = {hid: _summed(n, settled, deducted, personal) for hid, n, settled, deducted, personal, _ in rows}
     return Sums(out, sum(int(r[1]) for r in rows))
+
+
+def _summed(n: int, settled: int, deducted: int | None, personal: int) -> CaseSums:
+    """Case sums from an aggregate of stored units; `deducted` None (no penalty among them)
+    is the exact zero a replay adds up to."""
+    return CaseSums(
+        _decimal(int(settled), POINTS_SCALE),
+        Decimal(0) if deducted is None else _decimal(int(deducted), POINTS_SCALE),
+        _decimal(int(personal), MONEY_SCALE),
+        Decimal(0),
+        int(n),
+    )
 
 
 def _scanned(conn: Connection, column: Any) -> Any:
@@ -522,11 +523,7 @@ def daily_sums(
     own: dict[date, CaseSums] = {}
     pool_days: dict[date, CaseSums] = {}
     for day, is_mine, n, settled, deducted, personal, _ in rows:
-        s = CaseSums(
-            _decimal(int(settled), POINTS_SCALE),
-            Decimal(0) if deducted is None else _decimal(int(deducted), POINTS_SCALE),
-            _decimal(int(personal), MONEY_SCALE), Decimal(0), int(n),
-        )
+        s = _summed(n, settled, deducted, personal)
         _add(pool_days.setdefault(day, CaseSums()), s)
         if is_mine:
             _add(own.setdefault(day, CaseSums()), s)
@@ -570,10 +567,6 @@ def held_at(conn: Connection, case_id: str, known_at: datetime) -> Row | None:
     r = conn.execute(select(t).where(t.c.case_id == case_id, live_at(known_at))).first()
     return None if r is None else Row.of(r)
 
-
-def case_ids(conn: Connection, pool: str, year: int, known_at: datetime) -> Iterable[str]:
-    t = table
-    return conn.execute(select(t.c.case_id).where(t.c.pool == pool, t.c.year == year, live_at(known_at))).scalars()
 
 
 # --------------------------------------------------------------------------- answers

@@ -27,12 +27,10 @@ from typing import Any
 
 from pydantic_core import from_json
 
+from ledger.cases import CASE_EVENTS
 from ledger.clearing import Basis, CaseSums, Clearing, case_sums, clearing, clearing_from_sums, gc_paused, settle
 from ledger.events import EventType
 from projections.store import LedgerStore, _parse_stored, _utc
-
-CASE_EVENTS = frozenset({EventType.CASE_SUBMITTED, EventType.CASE_WITHDRAWN, EventType.REVIEW_VERDICT_RECORDED})
-"""The events `settle` reads per case; every other event is the pool's."""
 
 WORKERS_ENV = "DRG_LEDGER_COLD_WORKERS"
 """Processes settling hospital groups (default: the machine's cores, at most 4; 1: no worker)."""

@@ -859,8 +859,8 @@ def reconcile(
         console.print(table)
     if not as_json:
         for lag in result.lagging:
-            console.print(f"[red]{lag.key.text()}: totals at position {lag.position} miss events up to {lag.latest}, "
-                          f"accepted since {lag.missed_since} (bound {result.bound.total_seconds():g} s)[/red]")
+            console.print(f"[red]{lag.key.text()}: totals at position {lag.position} differ from the store's at {lag.latest}, "
+                          f"stale since {lag.missed_since} (bound {result.bound.total_seconds():g} s)[/red]")
         print_stream_audit(stream)
     if not result.ok or not stream.ok:
         raise typer.Exit(EXIT_REJECTED)

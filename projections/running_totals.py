@@ -32,11 +32,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    and_,
     func,
-    or_,
     select,
-    union_all,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -44,7 +41,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from ledger.clearing import ClearingError, PoolYear, settle
 from ledger.events import EventType
 from ledger.policy import PolicyMissing
-from projections.store import CASE_LEVEL, UtcDateTime, index_table, tracking_table
+from projections.store import UtcDateTime, index_table, tracking_table
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -299,20 +296,19 @@ def keys_for(store: LedgerStore, events: Iterable[Any]) -> set[Key]:
 
 LAG_BOUND_ENV = "DRG_LEDGER_TOTALS_LAG_BOUND_S"
 DEFAULT_LAG_BOUND = timedelta(seconds=120)
-"""`reconcile` fails when a hospital's totals miss an event the store accepted longer ago than
-this (streams/README.md "Totals always converge": the worker's check runs every 10 s)."""
-
-_WIDE_EVENTS = (EventType.POLICY_VERSION_PUBLISHED, EventType.COEFFICIENT_CHANGED, EventType.HOSPITAL_REGISTERED)
+"""`reconcile` reports a hospital's totals row as lagging when it differs from the store's
+figures and an event after its position was accepted longer ago than this (streams/README.md
+"Totals always converge": the worker's check runs every 10 s)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Lag:
-    """A hospital's totals that do not reflect every event the store holds for them."""
+    """A hospital's totals row that is not what the store says now."""
 
     key: Key
     position: int | None  # the store position the row reflects; None: no row yet
-    latest: int  # the latest journal position of an event that can change the row
-    missed_since: datetime | None  # when the store accepted the first event the row misses
+    latest: int  # the store position the projection was read at
+    missed_since: datetime | None  # when the store accepted the first event after the row's position
 
     def as_json(self) -> dict[str, Any]:
         return {"pool": self.key.pool, "year": self.key.year, "hospital_id": self.key.hospital_id,
@@ -320,49 +316,47 @@ class Lag:
                 "missed_since": None if self.missed_since is None else self.missed_since.isoformat()}
 
 
-def lagging(engine: Engine, pool: str | None = None, year: int | None = None,
+def lagging(store: LedgerStore, pool: str | None = None, year: int | None = None,
             hospitals: set[str] | None = None) -> list[Lag]:
-    """Every (pool, year, hospital) with cases whose totals row misses an event that can change it.
+    """Every (pool, year, hospital) whose totals row differs from the projection as known now
+    (figures or error; a hospital with live cases and no row): the same sums `recompute`
+    writes, so no second rule says which event changes which row.
 
-    Can change it (a superset of `recompute_keys`): every event naming one of its cases,
-    every policy version and pool-wide coefficient change of its pool, its own registrations
-    and coefficient changes. The row reflects positions <= `position`, so it lags when such
-    an event sits at a later journal position (or there is no row). One aggregate query.
+    `missed_since`: when the store accepted the first event after the row's position, the
+    earliest the row can have gone stale (None without a row). One aggregate per pool-year.
     """
-    c, e, k = index_table.alias("c"), index_table.alias("e"), index_table.alias("k")
-    rt = running_totals_table
+    from projections import case_versions
 
-    def narrowed(q: Any, t: Any) -> Any:
-        q = q.where(t.c.event_type == EventType.CASE_SUBMITTED)
+    head = case_versions.fresh(store)
+    now = datetime.now(UTC)
+    rows = {r.key: r for r in read_rows(store.engine, pool, year)}
+    t = case_versions.table
+    with store.engine.connect() as conn:
+        q = select(t.c.pool, t.c.year).where(case_versions.live_at(now)).distinct()
         if pool is not None:
             q = q.where(t.c.pool == pool)
         if year is not None:
             q = q.where(t.c.year == year)
-        if hospitals is not None:
-            q = q.where(t.c.hospital_id.in_(sorted(hospitals)))
-        return q
-
-    by_case = narrowed(select(c.c.pool, c.c.year, c.c.hospital_id, e.c.seq, e.c.ingested_at)
-                       .select_from(c.join(e, e.c.case_id == c.c.case_id))
-                       .where(e.c.event_type.in_(CASE_LEVEL)), c)
-    keys = narrowed(select(k.c.pool, k.c.year, k.c.hospital_id).distinct(), k).subquery("keys")
-    by_pool = (select(keys.c.pool, keys.c.year, keys.c.hospital_id, e.c.seq, e.c.ingested_at)
-               .select_from(keys.join(e, e.c.pool == keys.c.pool))
-               .where(e.c.event_type.in_(_WIDE_EVENTS),
-                      or_(e.c.hospital_id.is_(None), e.c.hospital_id == keys.c.hospital_id)))
-    r = union_all(by_case, by_pool).subquery("r")
-    joined = r.outerjoin(rt, and_(rt.c.pool == r.c.pool, rt.c.year == r.c.year, rt.c.hospital_id == r.c.hospital_id))
-    q = (select(r.c.pool, r.c.year, r.c.hospital_id, rt.c.position, func.max(r.c.seq), func.min(r.c.ingested_at))
-         .select_from(joined)
-         .where(or_(rt.c.position.is_(None), r.c.seq > rt.c.position))
-         .group_by(r.c.pool, r.c.year, r.c.hospital_id, rt.c.position)
-         .order_by(r.c.pool, r.c.year, r.c.hospital_id))
-    out = []
-    with engine.connect() as conn:
-        for p, y, h, position, latest, since in conn.execute(q):
-            if isinstance(since, str):
-                since = datetime.fromisoformat(since.replace("Z", "+00:00"))
-            out.append(Lag(Key(p, int(y), h), position, int(latest), since))
+        pool_years = {(p, int(y)) for p, y in conn.execute(q)} | {(k.pool, k.year) for k in rows}
+        out = []
+        for p, y in sorted(pool_years):
+            error = None
+            try:
+                found = {h: totals_of(s) for h, s in case_versions.sums(conn, p, y, now).hospitals.items()}
+            except ClearingError as exc:
+                found, error = {}, str(exc)
+            keys = {Key(p, y, h) for h in found} | {k for k in rows if (k.pool, k.year) == (p, y)}
+            for key in sorted(keys):
+                if hospitals is not None and key.hospital_id not in hospitals:
+                    continue
+                row = rows.get(key)
+                if row is not None and row.error == error and (error is not None or row.totals == found.get(key.hospital_id, HospitalTotals())):
+                    continue
+                since = None if row is None else conn.execute(
+                    select(func.min(index_table.c.ingested_at)).where(index_table.c.seq > row.position)).scalar()
+                if isinstance(since, str):
+                    since = datetime.fromisoformat(since.replace("Z", "+00:00"))
+                out.append(Lag(key, None if row is None else row.position, head, since))
     return out
 
 
@@ -516,7 +510,7 @@ def reconcile(store: LedgerStore, pool: str, year: int, known_at: datetime | Non
         if figures or error:
             diffs.append(Difference(hid, figures, row.position if row else None, error))
     cutoff = datetime.now(UTC) - bound
-    late = [lag for lag in lagging(engine, pool, year)
+    late = [lag for lag in lagging(store, pool, year)
             if lag.missed_since is None or lag.missed_since < cutoff]
     return Reconciliation(pool, year, known_at, head, len(set(replay) | set(rows)), diffs, late, bound, checks)
 

@@ -345,9 +345,9 @@ class EventsConsumer:
         from projections.running_totals import create_tables, lagging
         from streams.topics import partition_of
 
-        engine = store_engine(self._store())
-        create_tables(engine)
-        return [lag.key for lag in lagging(engine)
+        store = self._store()
+        create_tables(store_engine(store))
+        return [lag.key for lag in lagging(store)
                 if partition_of(lag.key.hospital_id.encode("utf-8"), count) in partitions
                 or lag.key.hospital_id in hospitals]
 
@@ -582,7 +582,7 @@ class EventsConsumer:
 
     async def converge(self) -> None:
         """Asks for the recomputation of every running total of the assigned partitions'
-        hospitals that misses an event the store holds (`projections.running_totals.lagging`)."""
+        hospitals that differs from the store's figures now (`projections.running_totals.lagging`)."""
         tps = sorted(self.assigned)
         if not tps:
             return

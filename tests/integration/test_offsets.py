@@ -101,36 +101,37 @@ def test_entries_journalled_before_origins_existed_still_decode(database_url: st
     journal.close()
 
 
-def test_totals_that_miss_an_event_lag_and_reconcile_fails_beyond_the_bound(database_url: str) -> None:
+def test_totals_that_differ_from_the_store_lag_and_reconcile_fails_beyond_the_bound(database_url: str) -> None:
     from projections.running_totals import Key, create_tables, lagging, recompute, reconcile, upsert
     from tests.factories import verdict, withdrawal
 
     with LedgerStore(database_url, late_window=WIDE) as store:
         store.ingest(lines(hospital("H001"), hospital("H002"), *[policy(c) for c in DEFAULT_BODIES],
                            case("C1"), case("C9", hospital_id="H002")), origin="file:t.jsonl")
-        engine = store.engine
-        create_tables(engine)
+        create_tables(store.engine)
         h1, h2 = Key("panzhihua", 2020, "H001"), Key("panzhihua", 2020, "H002")
         # No rows yet: both hospitals with cases lag.
-        assert [(lag.key, lag.position) for lag in lagging(engine)] == [(h1, None), (h2, None)]
-        upsert(engine, [recompute(store, h1), recompute(store, h2)])
-        assert lagging(engine) == []
+        assert [(lag.key, lag.position, lag.missed_since) for lag in lagging(store)] == [(h1, None, None), (h2, None, None)]
+        upsert(store.engine, [recompute(store, h1), recompute(store, h2)])
+        assert lagging(store) == []
 
-        # An upheld verdict on C9 changes no figure, but H002's row has not seen it.
+        # An upheld verdict on C9 changes no figure: H002's row is still what the store says.
         store.ingest(lines(verdict("C9")), origin="file:t2.jsonl")
-        (lag,) = lagging(engine)
-        seq = store.position
-        assert (lag.key, lag.latest) == (h2, seq) and lag.position < seq and lag.missed_since is not None
-        assert lagging(engine, hospitals={"H001"}) == []
-        late = reconcile(store, "panzhihua", 2020, bound=timedelta(0))
-        assert late.differences == [] and [x.key for x in late.lagging] == [h2] and not late.ok
-        assert reconcile(store, "panzhihua", 2020, bound=timedelta(hours=1)).ok, "within the bound"
+        assert lagging(store) == [] and reconcile(store, "panzhihua", 2020, bound=timedelta(0)).ok
 
         # A withdrawal changes H001's figures: it lags (and differs) until recomputed.
+        before = store.position
         store.ingest(lines(withdrawal("C1")), origin="file:t3.jsonl")
-        assert {x.key for x in lagging(engine)} == {h1, h2}
-        upsert(engine, [recompute(store, h1), recompute(store, h2)])
-        assert lagging(engine) == [] and reconcile(store, "panzhihua", 2020, bound=timedelta(0)).ok
+        (lag,) = lagging(store)
+        assert (lag.key, lag.latest) == (h1, store.position) and lag.position is not None and lag.position < before
+        assert lag.missed_since is not None
+        assert lagging(store, hospitals={"H002"}) == []
+        late = reconcile(store, "panzhihua", 2020, bound=timedelta(0))
+        assert [d.hospital_id for d in late.differences] == ["H001"] and [x.key for x in late.lagging] == [h1]
+        within = reconcile(store, "panzhihua", 2020, bound=timedelta(hours=1))
+        assert within.lagging == [] and not within.ok, "within the bound it does not lag, but it still differs"
+        upsert(store.engine, [recompute(store, h1)])
+        assert lagging(store) == [] and reconcile(store, "panzhihua", 2020, bound=timedelta(0)).ok
 
 
 def test_stream_audit_command_names_the_holes_and_exits_1(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:

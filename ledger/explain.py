@@ -127,7 +127,9 @@ def describe(py: PoolYear, case_id: str) -> dict[str, Any]:
                               "clause": coefficient_clause(c.source)}
     if sc.incentive_over_cap:
         cap = py.incentive_caps.get(case.hospital_id)
-        out["notes"].append(f"incentive approval beyond the hospital's yearly cap of {cap}: paid as ordinary (seed 001 二(二))")
+        out["notes"].append(
+            f"incentive approval beyond the hospital's yearly cap of {cap}: paid as ordinary (seed 001 二(二))" if cap is not None
+            else "incentive approval paid as ordinary: no incentive cap is in force for the hospital's grade (seed 001 二(二))")
     if state.verdict is not None:
         v = state.verdict
         out["verdict"] = {"event_id": v.event_id, "recorded_at": v.recorded_at.isoformat(), **v.payload.model_dump(mode="json")}

@@ -241,3 +241,18 @@ def test_incentive_is_ordinary_where_the_pool_has_no_incentive_rule() -> None:
     later = policy("case_rules", rules, version="2", recorded_at="2020-02-01T00:00:00+08:00")
     c = case("c", "H1", "A1", "30000")
     assert points_of(c, later, verdict("c", "incentive_approved"))[1] == CaseType.NORMAL
+
+
+def test_explain_says_why_an_approval_is_paid_as_ordinary() -> None:
+    from ledger.explain import describe
+
+    # No incentive rule in force: every approval is ordinary, and explain says so (no "cap of None").
+    rules = {**CASE_RULES, "incentive_cap_per_mille": None}
+    later = policy("case_rules", rules, version="2", recorded_at="2020-02-01T00:00:00+08:00")
+    py = settled(case("c", "H1", "A1", "30000"), later, verdict("c", "incentive_approved"))
+    (note,) = [n for n in describe(py, "c")["notes"] if "incentive" in n]
+    assert note == "incentive approval paid as ordinary: no incentive cap is in force for the hospital's grade (seed 001 二(二))"
+    # Level 2 with 4‰ of 1 case = 0.004 -> cap 0: the approval is beyond a cap of 0.
+    py = settled(case("c", "H4", "A1", "10000"), verdict("c", "incentive_approved"))
+    (note,) = [n for n in describe(py, "c")["notes"] if "incentive" in n]
+    assert note.startswith("incentive approval beyond the hospital's yearly cap of 0: paid as ordinary")

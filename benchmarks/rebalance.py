@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -46,6 +45,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.worker_process import WorkerProcess, worker_env  # noqa: E402
+
 POOL = "panzhihua"
 YEAR = 2020
 
@@ -53,80 +55,6 @@ YEAR = 2020
 def cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "drg_ledger.cli", *args], check=False, env=env,
                           capture_output=True, text=True, timeout=timeout)
-
-
-def base_env(bootstrap: str, prefix: str, url: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "DRG_LEDGER_TOPIC_PREFIX": prefix,
-        "DRG_LEDGER_DATABASE_URL": url,
-        "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-        "PYTHONWARNINGS": "ignore::DeprecationWarning",
-        # The feed is generated 2020 history: the workers admit it (EVENTS.md "Transaction time").
-        "DRG_LEDGER_LATE_WINDOW_DAYS": "36500",
-    })
-    return env
-
-
-class Worker:
-    """`drg-ledger worker` in a subprocess, its output in a log file."""
-
-    def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
-        self.log = log
-        self._out = log.open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "drg_ledger.cli", "worker", *args], env=env,
-                                     cwd=log.parent, stdout=self._out, stderr=subprocess.STDOUT)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_ready(self, timeout_s: float = 90) -> None:
-        deadline = time.monotonic() + timeout_s
-        while b"Worker]: Ready" not in self.log.read_bytes():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"worker not ready after {timeout_s} s:\n{self.text()[-3000:]}")
-            time.sleep(0.2)
-
-    def descendants(self) -> list[int]:
-        children: dict[int, list[int]] = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        out, todo = [], [self.proc.pid]
-        while todo:
-            for child in children.get(todo.pop(), []):
-                out.append(child)
-                todo.append(child)
-        return out
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no commit, no flush (its recompute child exits by itself)."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        mine = self.descendants()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._out.close()
-        for pid in mine:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-    def errors(self) -> list[str]:
-        return [ln for ln in self.text().splitlines()
-                if "[ERROR]" in ln or "[CRITICAL]" in ln or ln.startswith("Traceback")]
 
 
 # --------------------------------------------------------------------------- the reference
@@ -187,7 +115,7 @@ def prepare_reference(work: Path, events: int, server: str, seed: int = 16) -> R
     feed = write_event_file(work / "feed.jsonl", events, seed=seed)
     name, url = create_database(server)
     try:
-        env = base_env("unused:9092", "unused", url)
+        env = worker_env("unused:9092", "unused", url)
         done = cli(env, "ingest", str(feed.path), "--backfill", "--json")
         if done.returncode not in (0, 1):  # 1: the feed's bad lines were refused, as they must be
             raise RuntimeError(f"reference ingest failed: {done.stderr[-2000:]}")
@@ -252,10 +180,10 @@ def run_scenario(n: int, bootstrap: str, server: str, ref: Reference, work: Path
     run_dir.mkdir(parents=True, exist_ok=True)
     prefix = f"drg-rebalance-{uuid.uuid4().hex[:8]}"
     name, url = create_database(server)
-    env = base_env(bootstrap, prefix, url)
-    workers: list[Worker] = []
+    env = worker_env(bootstrap, prefix, url)
+    workers: list[WorkerProcess] = []
     try:
-        a = Worker(env, run_dir / "worker-a.log", *worker_args)
+        a = WorkerProcess(env, run_dir, "a", worker_args)
         workers.append(a)
         a.wait_ready()
         t_publish = time.monotonic()
@@ -263,14 +191,14 @@ def run_scenario(n: int, bootstrap: str, server: str, ref: Reference, work: Path
         publisher = threading.Thread(target=_publish, args=(ref.path, bootstrap, prefix, publish_s, published),
                                      daemon=True)
         publisher.start()
-        b = Worker(env, run_dir / "worker-b.log", *worker_args)
+        b = WorkerProcess(env, run_dir, "b", worker_args)
         workers.append(b)
         some = int(0.4 * len(ref.event_ids))
         _wait(lambda: len(stored_ids(url)) >= some and "ingested" in b.text(), timeout_s / 2, 0.2)
         result.b_ingested_before_kill = "ingested" in b.text()
         b.kill()
         result.killed_at = len(stored_ids(url))
-        b2 = Worker(env, run_dir / "worker-b2.log", *worker_args)
+        b2 = WorkerProcess(env, run_dir, "b2", worker_args)
         workers.append(b2)
         publisher.join(300)
         report = published.get("report", {})

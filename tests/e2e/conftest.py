@@ -13,13 +13,10 @@ never see each other's messages or rows. Nothing is mocked.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.resources
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,11 +27,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from benchmarks.worker_process import WorkerProcess, worker_env
 from tests.conftest import _libpq, postgres_admin, postgres_url
-
-ROOT = Path(__file__).resolve().parents[2]
-WORKER_READY_S = 90.0
-
 
 # --------------------------------------------------------------------------- broker
 
@@ -143,100 +137,10 @@ def e2e_database_url() -> Iterator[str]:
 # --------------------------------------------------------------------------- workers
 
 
-def alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-class WorkerProcess:
-    """`drg-ledger worker` in a subprocess, its output in a log file."""
-
-    def __init__(self, env: dict[str, str], cwd: Path, n: int, args: tuple[str, ...] = ()) -> None:
-        self.log = cwd / f"worker-{n}.log"
-        self._out = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "drg_ledger.cli", "worker", "--loglevel", "INFO", *args],
-            env=env, cwd=cwd, stdout=self._out, stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout_s: float = WORKER_READY_S) -> float:
-        """Seconds until Faust says the worker is ready (partitions assigned, tables restored)."""
-        started = time.monotonic()
-        while time.monotonic() - started < timeout_s:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
-            if b"Worker]: Ready" in self.log.read_bytes():
-                return time.monotonic() - started
-            time.sleep(0.2)
-        raise TimeoutError(f"worker not ready after {timeout_s} s:\n{self.tail()}")
-
-    def descendants(self) -> list[int]:
-        """Pids of the processes this worker started (its recompute process and helpers)."""
-        children: dict[int, list[int]] = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        out, todo = [], [self.proc.pid]
-        while todo:
-            for child in children.get(todo.pop(), []):
-                out.append(child)
-                todo.append(child)
-        return out
-
-    def kill(self) -> list[int]:
-        """SIGKILL: no shutdown, no commit, no flush. Returns the pids it had started."""
-        orphans = self.descendants()
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        return orphans
-
-    def stop(self) -> None:
-        mine = self.descendants()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._out.close()
-        for pid in mine:  # never leave a process of ours behind
-            if alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-
-    def tail(self, n: int = 60) -> str:
-        lines = self.log.read_text(errors="replace").splitlines()
-        return "\n".join(lines[-n:])
-
-    def errors(self) -> list[str]:
-        """Log lines at ERROR or worse, and tracebacks."""
-        return [ln for ln in self.log.read_text(errors="replace").splitlines()
-                if "[ERROR]" in ln or "[CRITICAL]" in ln or ln.startswith("Traceback")]
-
-
 @pytest.fixture
 def stream_env(kafka_bootstrap: str, topic_prefix: str, e2e_database_url: str) -> dict[str, str]:
     """The environment every `drg-ledger` subprocess of the test runs with."""
-    env = dict(os.environ)
-    env.update({
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "DRG_LEDGER_TOPIC_PREFIX": topic_prefix,
-        "DRG_LEDGER_DATABASE_URL": e2e_database_url,
-        "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-        "PYTHONWARNINGS": "ignore::DeprecationWarning",
-        # The feeds are generated history (2020): the worker never backfills, so its
-        # late-arrival window is configured to admit them (EVENTS.md "Transaction time").
-        "DRG_LEDGER_LATE_WINDOW_DAYS": "36500",
-    })
-    return env
+    return worker_env(kafka_bootstrap, topic_prefix, e2e_database_url)
 
 
 @pytest.fixture

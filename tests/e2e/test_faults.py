@@ -398,7 +398,7 @@ def test_broker_restarted_mid_stream_and_publish_resume_sends_only_what_never_ar
     half = {json.loads(ln)["event_id"] for ln in lines[: len(lines) // 2] if _parses(ln)} & f.valid_ids
     proc = broker()
     try:
-        from tests.e2e.conftest import WorkerProcess
+        from benchmarks.worker_process import WorkerProcess
 
         mine = WorkerProcess(env, tmp_path, 99)
         try:

@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 
-from benchmarks.rebalance import Reference, base_env, cli, prepare_reference, run_scenario, stored_ids
+from benchmarks.rebalance import Reference, cli, prepare_reference, run_scenario, stored_ids
+from benchmarks.worker_process import worker_env
 from streams.topics import PARTITIONS, key_for, partition_of
 from tests.conftest import postgres_url
-from tests.e2e.conftest import WorkerProcess
+from benchmarks.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -122,7 +123,7 @@ def _until(predicate: Any, timeout_s: float) -> bool:
 
 
 def test_stream_audit_without_a_broker_checks_the_store_alone(e2e_database_url: str) -> None:
-    env = base_env("unused:9092", "drg-audit", e2e_database_url)
+    env = worker_env("unused:9092", "drg-audit", e2e_database_url)
     env.pop("KAFKA_BOOTSTRAP_SERVERS")
     done = cli(env, "stream-audit", "--json")
     assert done.returncode == 0, done.stderr

@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, func, select, text
 from projections.running_totals import reconcile
 from projections.store import LedgerStore, dead_letters_table, index_table
 from streams.topics import TopicNames
-from tests.e2e.conftest import alive
+from benchmarks.worker_process import alive
 from tests.e2e.eventfile import LEDGER_REFUSED, PUBLISH_INVALID, EventFile, write_event_file
 
 pytestmark = pytest.mark.e2e

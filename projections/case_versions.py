@@ -17,16 +17,18 @@ versions from R on are recomputed from its events and the pool's history; versio
 stay, since nothing recorded before R changed. The incentive cap (seed 001 二(二)) makes an
 approved case depend on its hospital's other cases: after the cases, the approved cases of
 every hospital-year touched are checked against the cap at each moment from R on (the count
-of live cases is read from the rows themselves) and recomputed where their cap answer moved.
+of live cases is read from the rows themselves, kept in memory by the projector between its
+own batches: `CapRows`) and recomputed where their cap answer moved.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from array import array
+from bisect import bisect_left, bisect_right, insort
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -161,6 +163,7 @@ class Projector:
     def __init__(self) -> None:
         self._histories: dict[str, tuple[tuple[int, int], PoolHistory]] = {}
         self._checked: set[str] = set()  # pools whose cached history was checked in this apply
+        self._caps = CapRows()
 
     def history(self, conn: Connection, pool: str) -> PoolHistory:
         """The pool's history as the index holds it (cached while no pool event is added)."""
@@ -179,10 +182,18 @@ class Projector:
         self._histories[pool] = (key, found)  # type: ignore[assignment]
         return found
 
-    def apply(self, conn: Connection, batch: Sequence[tuple[int, Any]], pools: dict[str, str]) -> int:
+    def apply(self, conn: Connection, batch: Sequence[tuple[int, Any]], pools: dict[str, str], after: int) -> int:
         """Brings the rows up to date with `batch` (journal position, event), just indexed in
-        this transaction. `pools`: hospital -> pool. Returns how many cases were recomputed."""
+        this transaction, the projection having been at position `after`. `pools`: hospital ->
+        pool. Returns how many cases were recomputed."""
         self._checked.clear()
+        self._caps.follow(after)
+        n = self._apply(conn, batch, pools)
+        if batch:
+            self._caps.at = batch[-1][0]
+        return n
+
+    def _apply(self, conn: Connection, batch: Sequence[tuple[int, Any]], pools: dict[str, str]) -> int:
         starts: dict[str, datetime] = {}
         for _, ev in batch:
             effect = impact(ev)
@@ -212,8 +223,8 @@ class Projector:
         each with the earliest start."""
         held = _held(conn, starts)
         touched: dict[tuple[str, int, str], datetime] = {}
-        deletes: list[tuple[str, datetime]] = []
-        inserts: list[dict[str, Any]] = []
+        removed: list[Row] = []
+        added: list[Row] = []
         for case_id, start in starts.items():
             evs = events.get(case_id, [])
             hospital = _hospital_of(evs)
@@ -225,13 +236,15 @@ class Projector:
                 timeline = case_timeline(evs, self.history(conn, pool), start, over_cap, flips)
                 new = rows_from(case_id, start, old, timeline)
             kept = set(old) & set(new)
-            deletes.extend((r.case_id, r.known_from) for r in old if r not in kept)
-            inserts.extend(r.values() for r in new if r not in kept)
+            removed.extend(r for r in old if r not in kept)
+            added.extend(r for r in new if r not in kept)
             for r in (*old, *new):
                 _earliest(touched, (r.figures.pool, r.figures.year, r.figures.hospital_id), start)
+        deletes = [(r.case_id, r.known_from) for r in removed]
         for i in range(0, len(deletes), _IN):
             conn.execute(delete(table).where(tuple_(table.c.case_id, table.c.known_from).in_(deletes[i : i + _IN])))
-        bulk_insert(conn, table, inserts)
+        bulk_insert(conn, table, [r.values() for r in added])
+        self._caps.written(removed, added)
         return touched
 
     def _check_caps(
@@ -246,56 +259,19 @@ class Projector:
         if not touched:
             return
         start = min(touched.values())
-        t = table
-        keys = list(touched)
-        approved: dict[tuple[str, int, str], list[Row]] = defaultdict(list)
-        for i in range(0, len(keys), _IN):
-            rows = conn.execute(
-                select(t).where(
-                    tuple_(t.c.pool, t.c.year, t.c.hospital_id).in_(keys[i : i + _IN]),
-                    t.c.approved_at.is_not(None),
-                    or_(t.c.known_until.is_(None), t.c.known_until > start),
-                )
-            )
-            for r in rows:
-                approved[(r.pool, r.year, r.hospital_id)].append(Row.of(r))
-        if not approved:
-            return
-        wanted = list(approved)
-        live_at_start: dict[tuple[str, int, str], int] = defaultdict(int)
-        deltas: dict[tuple[str, int, str], list[tuple[datetime, int]]] = defaultdict(list)
-        for i in range(0, len(wanted), _IN):
-            chunk = tuple_(t.c.pool, t.c.year, t.c.hospital_id).in_(wanted[i : i + _IN])
-            counted = conn.execute(
-                select(t.c.pool, t.c.year, t.c.hospital_id, func.count())
-                .where(chunk, t.c.known_from <= start, or_(t.c.known_until.is_(None), t.c.known_until > start))
-                .group_by(t.c.pool, t.c.year, t.c.hospital_id)
-            )
-            for pool, year, hospital_id, n in counted:
-                live_at_start[(pool, year, hospital_id)] = n
-            moving = conn.execute(
-                select(t.c.pool, t.c.year, t.c.hospital_id, t.c.known_from, t.c.known_until)
-                .where(chunk, or_(t.c.known_from > start, t.c.known_until > start))
-            )
-            for pool, year, hospital_id, kf, ku in moving:
-                if kf > start:
-                    deltas[(pool, year, hospital_id)].append((kf, 1))
-                if ku is not None and ku > start:
-                    deltas[(pool, year, hospital_id)].append((ku, -1))
+        held = self._caps.of(conn, list(touched))
         redo: dict[str, datetime] = {}
         answers: dict[str, tuple[list[datetime], list[bool | str]]] = {}
-        for key, rows in approved.items():
+        for key, cases in held.items():
+            rows = cases.approved_after(start)
+            if not rows:
+                continue
             pool, year, hospital_id = key
             history = self.history(conn, pool)
-            moments = sorted({start, *(m for m, _ in deltas[key]), *history.after(start)})
-            change = defaultdict(int)
-            for m, d in deltas[key]:
-                change[m] += d
-            n = live_at_start[key]
+            moments = sorted({start, *cases.changes_after(start), *history.after(start)})
             by_case: dict[str, list[bool | str]] = defaultdict(list)
             for m in moments:
-                if m > start:
-                    n += change.get(m, 0)
+                n = cases.live(m)
                 live = [r for r in rows if r.known_from <= m and (r.known_until is None or r.known_until > m)]
                 book, hospitals = history.at(m)
                 hospital = hospitals.get(hospital_id)
@@ -322,6 +298,117 @@ class Projector:
         if missing:
             events.update(_case_events(conn, missing, {}))
         self._recompute(conn, redo, events, pools, answers)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def _us(m: datetime) -> int:
+    return (m - _EPOCH) // _US
+
+
+class HospitalYearRows:
+    """One hospital-year's rows as the incentive cap needs them: the moments they open and
+    close (microseconds, sorted) and the approved rows."""
+
+    def __init__(self, froms: Iterable[int] = (), untils: Iterable[int] = (), approved: Iterable[Row] = ()) -> None:
+        self.froms = array("q", sorted(froms))
+        self.untils = array("q", sorted(untils))
+        self.approved = {(r.case_id, r.known_from): r for r in approved}
+
+    def live(self, m: datetime) -> int:
+        """How many rows are held at `m` (known_from <= m < known_until): the live cases."""
+        at = _us(m)
+        return bisect_right(self.froms, at) - bisect_right(self.untils, at)
+
+    def changes_after(self, start: datetime) -> list[datetime]:
+        """The moments after `start` at which the live count can change."""
+        at = _us(start)
+        found = {*self.froms[bisect_right(self.froms, at):], *self.untils[bisect_right(self.untils, at):]}
+        return [_EPOCH + x * _US for x in found]
+
+    def approved_after(self, start: datetime) -> list[Row]:
+        return [r for r in self.approved.values() if r.known_until is None or r.known_until > start]
+
+    def add(self, r: Row) -> None:
+        insort(self.froms, _us(r.known_from))
+        if r.known_until is not None:
+            insort(self.untils, _us(r.known_until))
+        if r.figures.approved is not None:
+            self.approved[(r.case_id, r.known_from)] = r
+
+    def remove(self, r: Row) -> None:
+        _drop(self.froms, _us(r.known_from))
+        if r.known_until is not None:
+            _drop(self.untils, _us(r.known_until))
+        self.approved.pop((r.case_id, r.known_from), None)
+
+
+def _drop(a: array, x: int) -> None:
+    i = bisect_left(a, x)
+    assert i < len(a) and a[i] == x, "a row the projection holds"
+    del a[i]
+
+
+class CapRows:
+    """The incentive cap's view of the rows (`HospitalYearRows` per hospital-year), as the
+    projection holds them at journal position `at`: read from the table on first use, then
+    kept in step with what this projector writes, so a batch does not count every row of
+    the hospitals it touches again (at province scale that count was most of an ingest).
+    Dropped when a batch does not follow `at` (another writer moved the projection, a
+    rebuild, a transaction that did not commit): the projection is a function of the
+    journal, so rows at the same position are the same rows, whoever wrote them."""
+
+    def __init__(self) -> None:
+        self.at: int | None = None
+        self.keys: dict[tuple[str, int, str], HospitalYearRows] = {}
+
+    def follow(self, after: int) -> None:
+        """A batch starts from position `after`; until it ends (`at` is set) nothing is trusted."""
+        if after != self.at:
+            self.keys.clear()
+        self.at = None
+
+    def written(self, removed: Iterable[Row], added: Iterable[Row]) -> None:
+        """Rows this projector deleted and inserted, for the hospital-years already read."""
+        for r in removed:
+            held = self.keys.get(_key(r))
+            if held is not None:
+                held.remove(r)
+        for r in added:
+            held = self.keys.get(_key(r))
+            if held is not None:
+                held.add(r)
+
+    def of(self, conn: Connection, keys: list[tuple[str, int, str]]) -> dict[tuple[str, int, str], HospitalYearRows]:
+        """The hospital-years' rows, those not in hand read from the table (per pool-year, by
+        the pool-year-hospital index)."""
+        t = table
+        missing: dict[tuple[str, int], list[str]] = defaultdict(list)
+        for k in keys:
+            if k not in self.keys:
+                missing[(k[0], k[1])].append(k[2])
+        for (pool, year), hospitals in missing.items():
+            froms: dict[str, list[int]] = defaultdict(list)
+            untils: dict[str, list[int]] = defaultdict(list)
+            approved: dict[str, list[Row]] = defaultdict(list)
+            for i in range(0, len(hospitals), _IN):
+                where = (t.c.pool == pool, t.c.year == year, t.c.hospital_id.in_(hospitals[i : i + _IN]))
+                for h, kf, ku in conn.execute(select(t.c.hospital_id, t.c.known_from, t.c.known_until).where(*where)):
+                    froms[h].append(_us(kf))
+                    if ku is not None:
+                        untils[h].append(_us(ku))
+                for r in conn.execute(select(t).where(*where, t.c.approved_at.is_not(None))):
+                    approved[r.hospital_id].append(Row.of(r))
+            for h in hospitals:
+                self.keys[(pool, year, h)] = HospitalYearRows(froms[h], untils[h], approved[h])
+        return {k: self.keys[k] for k in keys}
+
+
+def _key(r: Row) -> tuple[str, int, str]:
+    f = r.figures
+    return (f.pool, f.year, f.hospital_id)
 
 
 def _earliest(d: dict[Any, datetime], key: Any, moment: datetime) -> None:
@@ -434,7 +521,7 @@ def catch_up(store: LedgerStore, projector: Projector) -> int:
             batch = [(seq, _parse_stored(et, b)) for seq, et, b in rows]
             if not move(conn, at, rows[-1][0]):
                 continue
-            projector.apply(conn, batch, store.registered_pools(conn))
+            projector.apply(conn, batch, store.registered_pools(conn), after=at)
             done += len(rows)
 
 

@@ -1262,7 +1262,7 @@ class LedgerStore:
                     _consume(conn, [o for *_, o in batch if o], "accepted")
                     # The case-points projection moves with the index, when it was at its position.
                     if case_versions.move(conn, position, rows[-1]["seq"]):
-                        self._projector.apply(conn, [(nid, ev) for nid, ev, *_ in batch], pools)
+                        self._projector.apply(conn, [(nid, ev) for nid, ev, *_ in batch], pools, after=position)
                     checkpoint("projection")
             except _IndexMoved:
                 self._position = -1

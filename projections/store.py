@@ -806,7 +806,11 @@ class LedgerStore:
                 if done >= head:
                     return new
                 t = index_table
-                positions = conn.execute(select(t.c.seq, t.c.event_type).where(t.c.seq > done, t.c.seq <= head)).all()
+                if all(seq in known for seq in range(done + 1, head + 1)):  # the batch just appended
+                    positions = [(seq, known[seq].event_type) for seq in range(done + 1, head + 1)]
+                else:
+                    positions = conn.execute(
+                        select(t.c.seq, t.c.event_type).where(t.c.seq > done, t.c.seq <= head)).all()
                 # A penalty unblocks no other: `penalty_events` reads submissions, verdicts,
                 # registrations and policies only, so penalties are never looked at here.
                 unread = [seq for seq, et in positions if seq not in known and et != EventType.PENALTY_IMPOSED]

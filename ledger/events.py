@@ -15,11 +15,12 @@ field, never another exception.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 import threading
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Callable, Iterator, Literal, Union
@@ -1076,5 +1077,11 @@ def ingested_json(event: Any, body: str, now: datetime) -> str:
     if event.recorded_at is None or event.ingested_at is not None:
         return canonical_json(ingested(event, now))
     at = body.index(',"payload":')
-    stamp = json.dumps(_TIMESTAMP.dump_python(now, mode="json"))
-    return f'{body[:at]},"ingested_at":{stamp}{body[at:]}'
+    return f'{body[:at]},"ingested_at":{_timestamp_json(now, now.utcoffset())}{body[at:]}'
+
+
+@functools.lru_cache(maxsize=16)
+def _timestamp_json(moment: datetime, offset: timedelta | None) -> str:
+    """A timestamp as canonical JSON writes it, by instant and offset (equal instants in other
+    zones are equal datetimes): one ingest stamps all its events alike."""
+    return json.dumps(_TIMESTAMP.dump_python(moment, mode="json"))

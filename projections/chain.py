@@ -41,7 +41,7 @@ from pydantic_core import from_json
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from ledger.journal import NAMESPACE, Journal, LedgerEntry
+from ledger.journal import RECORDED_TOPIC, Journal, LedgerEntry, entry_int
 
 GENESIS = "0" * 64
 """The chain hash before the first entry."""
@@ -333,14 +333,8 @@ def checked_notifications(journal: Journal, engine: Engine, after: int, limit: i
 
 def is_entry_of(originator_id: UUID, event_id: str) -> bool:
     """`originator_id == entry_id(event_id)`, without building a UUID (a third of the cold
-    replay's checks): uuid5 is the SHA-1 of namespace and name, version and variant bits set."""
-    d = bytearray(hashlib.sha1(_NAMESPACE + event_id.encode("utf-8")).digest()[:16])
-    d[6] = d[6] & 0x0F | 0x50
-    d[8] = d[8] & 0x3F | 0x80
-    return originator_id.int == int.from_bytes(d, "big")
-
-
-_NAMESPACE = NAMESPACE.bytes
+    replay's checks)."""
+    return originator_id.int == entry_int(event_id)
 
 
 def _check_names(n: Notification, row: ChainRow, event_id: str) -> None:
@@ -359,10 +353,6 @@ def checked_read(journal: Journal, engine: Engine, after: int, limit: int) -> li
         _check_names(n, row, recorded.event_id)
         out.append((n.id, recorded))
     return out
-
-
-RECORDED_TOPIC = f"{LedgerEntry.Recorded.__module__}:{LedgerEntry.Recorded.__qualname__}"
-"""The topic of every journal entry (`LedgerEntry.Recorded`)."""
 
 
 def checked_envelopes(journal: Journal, engine: Engine, after: int, limit: int) -> list[tuple[int, str, str]]:

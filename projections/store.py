@@ -76,7 +76,7 @@ from ledger.events import (
     stamped,
 )
 from ledger.impact import Seal, Seals, impact
-from ledger.journal import Journal, LedgerEntry
+from ledger.journal import Entry, Journal, LedgerEntry
 from projections.chain import RECORDER_TOPICS, SQLITE_CACHE, SQLITE_MMAP, checked_envelopes, checked_read
 
 T = TypeVar("T")
@@ -345,7 +345,7 @@ class _Entry:
     body: str  # canonical_json(event)
     submitted_hash: str  # content_hash of the event as submitted: the idempotency key
     recorded_hash: str  # sha256 of body; equals submitted_hash unless recorded_at was stamped
-    recorded: LedgerEntry.Recorded
+    recorded: Entry
     line: int = 0
     raw: bytes = b""
 
@@ -806,7 +806,11 @@ class LedgerStore:
                 if done >= head:
                     return new
                 t = index_table
-                positions = conn.execute(select(t.c.seq, t.c.event_type).where(t.c.seq > done, t.c.seq <= head)).all()
+                if all(seq in known for seq in range(done + 1, head + 1)):  # the batch just appended
+                    positions = [(seq, known[seq].event_type) for seq in range(done + 1, head + 1)]
+                else:
+                    positions = conn.execute(
+                        select(t.c.seq, t.c.event_type).where(t.c.seq > done, t.c.seq <= head)).all()
                 # A penalty unblocks no other: `penalty_events` reads submissions, verdicts,
                 # registrations and policies only, so penalties are never looked at here.
                 unread = [seq for seq, et in positions if seq not in known and et != EventType.PENALTY_IMPOSED]
@@ -1609,9 +1613,7 @@ def _entry(
         recorded_hash = _canonical(stamped(ev, stamp))[1]  # what a sender resending it would send
     body = ingested_json(ev, body, stamp)
     ev = ingested(ev, stamp)
-    recorded = LedgerEntry.recorded(
-        event_id=ev.event_id, event_type=ev.event_type, envelope=body, content_hash=submitted_hash, origin=origin
-    )
+    recorded = Entry(ev.event_id, ev.event_type, body, submitted_hash, origin)
     return _Entry(ev, body, submitted_hash, recorded_hash, recorded, line, raw)
 
 

@@ -573,6 +573,30 @@ def test_journal_refuses_a_second_entry_for_an_event_id(database_url: str) -> No
         assert journal.entry("e1") is not None and journal.entry("e2") is None
 
 
+_UTF8_TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=60)
+
+
+@settings(max_examples=25, deadline=None)
+@given(event_id=_UTF8_TEXT.filter(bool), envelope=_UTF8_TEXT, origin=st.none() | _UTF8_TEXT)
+def test_the_journal_stores_an_entry_as_the_librarys_mapper_would(event_id: str, envelope: str,
+                                                                   origin: str | None) -> None:
+    """`Journal.append` writes the stored record itself, without the domain event object: the
+    same id, topic and state bytes the library's mapper makes of that event, so the library
+    (`Journal.read`) reads it back as it was."""
+    import uuid
+
+    from ledger.journal import NAMESPACE, Entry, entry_id
+
+    with tempfile.TemporaryDirectory() as d, Journal(env=journal_env(f"sqlite:///{d}/j.db")) as journal:
+        (stored,) = journal._stored([Entry(event_id, "BudgetSet", envelope, "h", origin)])
+        decoded = journal.mapper.to_domain_event(stored)
+        assert isinstance(decoded, LedgerEntry.Recorded)
+        assert stored == journal.mapper.to_stored_event(decoded)
+        assert (decoded.event_id, decoded.envelope, decoded.content_hash, decoded.origin) == (
+            event_id, envelope, "h", origin)
+        assert decoded.originator_id == entry_id(event_id) == uuid.uuid5(NAMESPACE, event_id)
+
+
 # --------------------------------------------------------------------------- helpers
 
 

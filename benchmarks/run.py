@@ -97,7 +97,12 @@ def cli(*args: str, url: str | None = None, label: str = "", timeout: float = 36
             console.log(f"[red]{label or args[0]}: no result within {timeout:.0f} s[/red]")
             return {"error": f"no result within {timeout:.0f} s", "rc": None}
         wall = time.perf_counter() - started
-        user, system, _, rss_kib = tf.read().split()[-4:]
+        timed = tf.read().split()
+    if len(timed) < 4:  # /usr/bin/time itself killed (a signal to both, e.g. from outside)
+        console.log(f"[red]{label or args[0]}: killed after {wall:.0f} s (exit {proc.returncode}), no timing[/red]")
+        return {"error": f"killed after {wall:.0f} s (exit {proc.returncode}), no timing", "rc": proc.returncode,
+                "wall": wall, "stdout": proc.stdout}
+    user, system, _, rss_kib = timed[-4:]
     out = {"rc": proc.returncode, "wall": wall, "user": float(user), "sys": float(system),
            "peak_rss_mib": int(rss_kib) / 1024, "stdout": proc.stdout}
     if proc.returncode not in (0, 1, 3, 4):

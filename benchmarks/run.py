@@ -7,9 +7,11 @@ command through the CLI exactly as a user types it, each in its own process, tim
 against PostgreSQL's own GROUP BY, `clear --cold` at the same moments (figures compared
 hospital by hospital), `balance` at random (hospital, date) pairs, the month-end series,
 `explain`, a back-dated coefficient change for every 2A hospital (`ingest` + the next
-`clear`), `reconcile`. CLI times are also given net of start-up: the median wall time of a
-`clear` of a pool with no events (imports, store open, one empty query). Prints a table and
-writes benchmarks/results/<scale>-<time>.json; see benchmarks/README.md.
+`clear`), `reconcile`. `--skip cold,reconcile` leaves out the cold replays (the default at
+province scale, where they take hours; reported as "skipped"). CLI times are also given net
+of start-up: the median wall time of a `clear` of a pool with no events (imports, store
+open, one empty query). Prints a table and writes benchmarks/results/<scale>-<time>.json;
+see benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ BEFORE, AFTER = "2021-05-10", "2021-05-12"
 """`--known-at` before and after the back-dated high-tech catalogue (recorded 2021-05-11 00:00 +08:00)."""
 MOMENTS = (BEFORE, AFTER, None)
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/drg_bench_scale"
+PG_MEMORY = ("shared_buffers", "work_mem", "maintenance_work_mem", "max_parallel_workers_per_gather")
 
 console = Console(width=None if sys.stdout.isatty() else 150)
 
@@ -60,6 +63,12 @@ SCALES = {
     "city": Scale(300_000, 150, 40),
     "province": Scale(10_000_000, 3_000, 20),
 }
+SKIPPABLE = ("cold", "reconcile")
+"""Steps `--skip` may leave out: `clear --cold` at the three moments, `reconcile` (six cold replays)."""
+SKIPPED = {"province": "cold,reconcile"}
+"""`--skip` when not given: at province scale a cold replay of 10M cases takes far longer than the run."""
+INGEST_TIMEOUT = 6 * 3600.0
+"""The load's own limit: a province ingest at ~4,500 events/s is ~40 min, more on a busy machine."""
 
 TARGETS = {
     "ingest_eps": {"postgresql": 20_000, "sqlite": 10_000},
@@ -88,7 +97,12 @@ def cli(*args: str, url: str | None = None, label: str = "", timeout: float = 36
             console.log(f"[red]{label or args[0]}: no result within {timeout:.0f} s[/red]")
             return {"error": f"no result within {timeout:.0f} s", "rc": None}
         wall = time.perf_counter() - started
-        user, system, _, rss_kib = tf.read().split()[-4:]
+        timed = tf.read().split()
+    if len(timed) < 4:  # /usr/bin/time itself killed (a signal to both, e.g. from outside)
+        console.log(f"[red]{label or args[0]}: killed after {wall:.0f} s (exit {proc.returncode}), no timing[/red]")
+        return {"error": f"killed after {wall:.0f} s (exit {proc.returncode}), no timing", "rc": proc.returncode,
+                "wall": wall, "stdout": proc.stdout}
+    user, system, _, rss_kib = timed[-4:]
     out = {"rc": proc.returncode, "wall": wall, "user": float(user), "sys": float(system),
            "peak_rss_mib": int(rss_kib) / 1024, "stdout": proc.stdout}
     if proc.returncode not in (0, 1, 3, 4):
@@ -186,6 +200,9 @@ def machine(pg_url: str) -> dict[str, Any]:
     try:
         with psycopg.connect(urlsplit(pg_url)._replace(path="/postgres").geturl()) as conn:
             info["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+            # The server's memory is not in any command's peak RSS: what bounds it.
+            info["postgresql_memory"] = {name: conn.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
+                                         for name in PG_MEMORY}
     except Exception as exc:  # noqa: BLE001 - informative only
         info["postgresql"] = f"unreachable: {exc}"
     return info
@@ -193,7 +210,7 @@ def machine(pg_url: str) -> dict[str, Any]:
 
 def load_backend(backend: str, url: str, file: Path, events: int) -> dict[str, Any]:
     """A plain `drg-ledger ingest --backfill` of the file, then ANALYZE on PostgreSQL."""
-    run = cli("ingest", "--backfill", str(file), "--json", url=url, label="ingest --backfill")
+    run = cli("ingest", "--backfill", str(file), "--json", url=url, label="ingest --backfill", timeout=INGEST_TIMEOUT)
     out: dict[str, Any] = {"url": url, "ingest": strip(run)}
     if "error" not in run:
         report = json.loads(run["stdout"])
@@ -233,8 +250,9 @@ def clear_args(*extra: str) -> list[str]:
     return ["clear", "--pool", POOL, "--year", str(YEAR), "--json", *extra]
 
 
-def measure_backend(url: str, scale: Scale, floor: dict[str, Any] | None, repeat: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def measure_backend(url: str, scale: Scale, floor: dict[str, Any] | None, repeat: int,
+                    skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    out: dict[str, Any] = {"skipped": sorted(skip)}
     # CLI start-up: `--help` (interpreter, typer), and each measured command asking for what
     # does not exist (the same imports and store open, a lookup that finds nothing: exit 3 or 4),
     # 9 runs each. A best of 3 (clear, explain) is reported net of its command's best start-up,
@@ -267,6 +285,8 @@ def measure_backend(url: str, scale: Scale, floor: dict[str, Any] | None, repeat
                               "cpu_best": cpu, "cpu_net": cpu - startup_cpu,
                               "over_floor": (best - startup) / floor_best if floor_best else None,
                               "peak_rss_mib": max(r["peak_rss_mib"] for r in runs), "rc": runs[0]["rc"]}
+        if "cold" in skip:
+            continue
         cold = cli(*clear_args("--cold", *moment_args(known_at)), url=url, label=f"clear --cold {name}")
         diff = differences(clearings[name], figures(cold["stdout"])) if cold["rc"] == 0 else ["cold failed"]
         out["cold"][name] = {**strip(cold), "same_as_projection": not diff and bool(clearings[name]),
@@ -297,8 +317,9 @@ def measure_backend(url: str, scale: Scale, floor: dict[str, Any] | None, repeat
                       "rc": runs[0]["rc"]}
 
     out["coefficient"] = backdated_coefficients(url, plan.get("grade_2a", []), clearings["now"])
-    run = cli("reconcile", "--pool", POOL, "--year", str(YEAR), url=url, label="reconcile")
-    out["reconcile"] = strip(run) | {"tail": run.get("stdout", "")[-1500:]}
+    if "reconcile" not in skip:
+        run = cli("reconcile", "--pool", POOL, "--year", str(YEAR), url=url, label="reconcile")
+        out["reconcile"] = strip(run) | {"tail": run.get("stdout", "")[-1500:]}
     return out
 
 
@@ -344,9 +365,12 @@ def report(result: dict[str, Any]) -> None:
     table.add_column("target", justify="right")
     floor = result.get("floor") or {}
 
-    def row(label: str, fn: Any, target: str | dict[str, str] = "") -> None:
+    def row(label: str, fn: Any, target: str | dict[str, str] = "", step: str = "") -> None:
         cells = []
         for backend in result["backends"]:
+            if step in result["backends"][backend].get("skipped", ()):
+                cells.append("skipped")
+                continue
             try:
                 cells.append(fn(result["backends"][backend]))
             except (KeyError, TypeError, ZeroDivisionError, IndexError):
@@ -378,11 +402,13 @@ def report(result: dict[str, Any]) -> None:
         row("  CPU net of start-up's CPU s", lambda b, n=name: f"{b['clear'][n]['cpu_net']:.2f}")
         row("  in one process, best of 3 s / floor", lambda b, n=name: f"{b['clear_in_process'][n]['best']:.3f} / "
             f"{b['clear_in_process'][n]['best'] / floor['best']:.1f}x")
-        row("  = clear --cold, hospital by hospital", lambda b, n=name: yes(b["cold"][n]["same_as_projection"]))
+        row("  = clear --cold, hospital by hospital", lambda b, n=name: yes(b["cold"][n]["same_as_projection"]),
+            step="cold")
         row("  clear --cold wall / CPU s", lambda b, n=name: f"{b['cold'][n]['wall']:.1f} / {cpu(b['cold'][n])}",
-            f"<= {t['cold_s']:.0f} s")
+            f"<= {t['cold_s']:.0f} s", step="cold")
     row("clear peak RSS MiB (max of the moments)", lambda b: f"{max(c['peak_rss_mib'] for c in b['clear'].values()):,.0f}")
-    row("clear --cold peak RSS MiB (parent)", lambda b: f"{max(c['peak_rss_mib'] for c in b['cold'].values()):,.0f}")
+    row("clear --cold peak RSS MiB (parent)", lambda b: f"{max(c['peak_rss_mib'] for c in b['cold'].values()):,.0f}",
+        step="cold")
     row("balance at 2021-05-12, wall p50 / p95 ms", lambda b: f"{b['balance']['wall']['p50'] * 1e3:.0f} / "
         f"{b['balance']['wall']['p95'] * 1e3:.0f}")
     row("  net of start-up p50 / p95 ms", lambda b: f"{b['balance']['p50'] * 1e3:.0f} / "
@@ -397,8 +423,12 @@ def report(result: dict[str, Any]) -> None:
         f"{b['coefficient']['clear']['wall']:.2f} = {b['coefficient']['seconds']:.2f}", f"<= {t['coefficient_s']:.0f}")
     row("  every 2A hospital moved", lambda b: f"{yes(b['coefficient']['all_2a_moved'])} "
         f"({len(b['coefficient']['settled_points_moved'])} hospitals' points)")
-    row("reconcile: exit code, wall s", lambda b: f"{b['reconcile']['rc']}, {b['reconcile']['wall']:.1f}", "0")
+    row("reconcile: exit code, wall s", lambda b: f"{b['reconcile']['rc']}, {b['reconcile']['wall']:.1f}", "0",
+        step="reconcile")
     console.print(table)
+    if "postgresql_memory" in result["machine"]:
+        console.print("PostgreSQL memory settings (not in the peak RSS above): "
+                      + ", ".join(f"{k} {v}" for k, v in result["machine"]["postgresql_memory"].items()))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -415,7 +445,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="load: generate and ingest; measure: measure what `load` left")
     p.add_argument("--balance-samples", type=int, help="override the scale's number of `balance` calls")
     p.add_argument("--repeat", type=int, default=3, help="runs of each `clear` and `explain` (best is reported)")
+    p.add_argument("--skip", help=f"steps to leave out, comma-separated, of {','.join(SKIPPABLE)} "
+                   f"(default: {SKIPPED['province']} at province scale, none otherwise; '' runs all)")
     args = p.parse_args(argv)
+    skip = frozenset(s for s in (SKIPPED.get(args.scale, "") if args.skip is None else args.skip).split(",") if s)
+    if skip - set(SKIPPABLE):
+        p.error(f"--skip: not a step that can be skipped: {','.join(sorted(skip - set(SKIPPABLE)))}")
     scale = SCALES[args.scale]
     scale = Scale(args.cases or scale.cases, args.hospitals or scale.hospitals,
                   args.balance_samples or scale.balance_samples)
@@ -446,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.phase in ("all", "measure"):
             if backend == "postgresql":
                 result["floor"] = step("floor", load["url"])
-            load.update(measure_backend(load["url"], scale, result.get("floor"), args.repeat))
+            load.update(measure_backend(load["url"], scale, result.get("floor"), args.repeat, skip))
         result["seconds"] = time.perf_counter() - started
         result["machine"]["loadavg_at_end"] = os.getloadavg()
         out.write_text(json.dumps(result, indent=2) + "\n")  # after each back-end: a partial run keeps what it measured

@@ -45,7 +45,7 @@ def penalty_events(events: Iterable[Any]) -> list[Any]:
     """
     submissions: dict[str, list[Any]] = {}
     verdicts: list[Any] = []
-    registrations: list[Any] = []
+    registrations: dict[str, list[Any]] = {}  # by hospital: a verdict folds only its case's hospital's
     policies: dict[str, list[Any]] = {}
     for e in events:
         p = e.payload
@@ -54,7 +54,7 @@ def penalty_events(events: Iterable[Any]) -> list[Any]:
         elif isinstance(p, ReviewVerdictRecorded) and p.outcome is Outcome.VIOLATION:
             verdicts.append(e)
         elif isinstance(p, HospitalRegistered):
-            registrations.append(e)
+            registrations.setdefault(p.hospital_id, []).append(e)
         elif isinstance(p, (PolicyVersionPublished, CoefficientChanged)):
             policies.setdefault(p.pool, []).append(e)
     for versions in policies.values():
@@ -73,7 +73,7 @@ def penalty_events(events: Iterable[Any]) -> list[Any]:
             (s for s in subs if s.recorded_at <= at), key=lambda s: (s.payload.revision, s.recorded_at, s.event_id)
         )
         case: CaseSubmitted = current.payload
-        hospital = registry(known(registrations, at)).get(case.hospital_id)
+        hospital = registry(known(registrations.get(case.hospital_id, []), at)).get(case.hospital_id)
         if hospital is None:
             continue
         versions = policies.get(hospital.pool, [])

@@ -68,12 +68,12 @@ def _app_class() -> Any:
             consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by its fetcher at start()
             return consumer
 
-    class Consumer(driver.Consumer):
+    class ShortWaitConsumer(driver.Consumer):
         def _new_consumer_thread(self) -> Any:
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     class Transport(driver.Transport):
-        Consumer = Consumer
+        Consumer = ShortWaitConsumer
 
     class App(faust.App):
         def _new_transport(self) -> Any:

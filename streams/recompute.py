@@ -142,10 +142,6 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _child_ready() -> None:
-    """Nothing: submitting it makes the pool start its process (the initialiser opens the store)."""
-
-
 def _child_recompute(keys: list[Key], last: dict[Key, TotalsRow]) -> list[TotalsRow]:
     assert _child_store is not None
     return recompute_all(_child_store, keys, last)
@@ -174,18 +170,6 @@ class Recomputer:
                                                     initializer=_child_open, initargs=(self.database_url,))
         return self._executor
 
-    async def warm(self) -> None:
-        """Starts the process and opens its store now, not on the first batch (a spawn and the
-        imports took 4 s of the first batch's latency on a loaded machine); a failure is left
-        to the first batch, which retries."""
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._open(), _child_ready)
-        except BrokenExecutor as exc:
-            log.warning("recompute process not started ahead: %s", exc)
-            self.close()
-        except Exception as exc:  # noqa: BLE001 - see the docstring
-            log.warning("recompute process not started ahead: %s", exc)
-
     async def __call__(self, keys: list[Key], last: dict[Key, TotalsRow]) -> list[TotalsRow]:
         loop = asyncio.get_running_loop()
         try:
@@ -213,10 +197,7 @@ def install(app: Any, settings: Any, requests: Any) -> tuple[Any, Any]:
     recomputer = Recomputer(settings.database_url, settings.recompute_in_process)
 
     @app.service
-    class _CloseRecomputer(Service):  # a Faust service: starts and stops the recompute process with the app
-        async def on_started(self) -> None:
-            self.add_future(recomputer.warm())
-
+    class _CloseRecomputer(Service):  # a Faust service: stops the recompute process with the app
         async def on_stop(self) -> None:
             recomputer.close()
 

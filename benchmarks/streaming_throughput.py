@@ -9,13 +9,17 @@ drops it afterwards. `--workers` `drg-ledger worker` subprocesses (default 1) sh
 topics' 12 partitions; publishing starts once every worker has its partitions.
 
 Measured:
-- throughput: valid events / seconds from the first send until the running totals of every
-  hospital agree with a full replay (`projections.running_totals.reconcile`);
+- throughput: valid events / seconds from the first send until no hospital's running totals
+  miss an event of the store (`projections.running_totals.lagging`, polled every 50 ms),
+  then confirmed against a full replay (`reconcile`; the end moves to when it first passes);
 - latency of each case event (CaseSubmitted, CaseWithdrawn, ReviewVerdictRecorded): from
   the moment the publisher handed it to the producer to the first moment the SQL row of its
   hospital's totals reflects it (row position >= the event's journal position; rows are
   polled every 50 ms, so latencies are rounded up by at most that).
-Prints a rich table and writes JSON to benchmarks/results/streaming_throughput.json.
+- the worker's CPU (it and its recompute process, from /proc) per event, and where its
+  batches spent their time (the phases each batch logs, streams/intake.py, streams/recompute.py).
+`--rate R` publishes at a steady R events/s (the latency under that load).
+Prints rich tables and writes JSON to benchmarks/results/streaming_throughput.json.
 """
 
 from __future__ import annotations

@@ -9,13 +9,17 @@ drops it afterwards. `--workers` `drg-ledger worker` subprocesses (default 1) sh
 topics' 12 partitions; publishing starts once every worker has its partitions.
 
 Measured:
-- throughput: valid events / seconds from the first send until the running totals of every
-  hospital agree with a full replay (`projections.running_totals.reconcile`);
+- throughput: valid events / seconds from the first send until no hospital's running totals
+  miss an event of the store (`projections.running_totals.lagging`, polled every 50 ms),
+  then confirmed against a full replay (`reconcile`; the end moves to when it first passes);
 - latency of each case event (CaseSubmitted, CaseWithdrawn, ReviewVerdictRecorded): from
   the moment the publisher handed it to the producer to the first moment the SQL row of its
   hospital's totals reflects it (row position >= the event's journal position; rows are
   polled every 50 ms, so latencies are rounded up by at most that).
-Prints a rich table and writes JSON to benchmarks/results/streaming_throughput.json.
+- the worker's CPU (it and its recompute process, from /proc) per event, and where its
+  batches spent their time (the phases each batch logs, streams/intake.py, streams/recompute.py).
+`--rate R` publishes at a steady R events/s (the latency under that load).
+Prints rich tables and writes JSON to benchmarks/results/streaming_throughput.json.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import importlib.resources
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
@@ -147,6 +152,50 @@ def percentile(xs: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
+def worker_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process `pid` and its live children (the recompute process)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+INTAKE_LINE = re.compile(r"ingested (\d+) \(\+(\d+) duplicates, (\d+) refused\).* in [\d.]+ ms: (.*)$")
+RECOMPUTE_LINE = re.compile(r"recomputed \d+ totals from \d+ requests.* in (\d+) ms \(table (\d+) ms\), "
+                            r"oldest request waited (-?\d+) ms")
+
+
+def batch_breakdown(logs: list[Path], since: float) -> dict[str, Any]:
+    """Where the workers' batches spent their time after `since` (epoch s), from their log lines:
+    the intake's phases (streams/intake.py) and the recompute agent's (streams/recompute.py)."""
+    intake: list[dict[str, float]] = []
+    events = 0
+    recompute: list[dict[str, float]] = []
+    for lg in logs:
+        for line in lg.read_text(errors="replace").splitlines():
+            stamp = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d+)", line)
+            if not stamp or datetime.strptime(stamp[1], "%Y-%m-%d %H:%M:%S").timestamp() + int(stamp[2]) / 1000 < since:
+                continue
+            if m := INTAKE_LINE.search(line):
+                events += sum(int(x) for x in m.groups()[:3])
+                intake.append({k: float(v) for k, v in (p.rsplit(" ", 1) for p in m[4].strip().split(", "))})
+            elif m := RECOMPUTE_LINE.search(line):
+                recompute.append({"compute": float(m[1]), "table": float(m[2]), "request waited": float(m[3])})
+
+    def means(rows: list[dict[str, float]]) -> dict[str, float]:
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        return {k: round(statistics.fmean(r.get(k, 0.0) for r in rows), 1) for k in keys} if rows else {}
+
+    return {"intake_batches": len(intake), "mean_batch_events": events / len(intake) if intake else 0.0,
+            "intake_mean_ms": means(intake), "recompute_batches": len(recompute), "recompute_mean_ms": means(recompute)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=20_000, help="about this many events (generated cases x 1.09)")
@@ -166,7 +215,7 @@ def main() -> None:
         args.out = ROOT / "benchmarks" / "results" / f"streaming_throughput{suffix}.json"
 
     from drg_ledger.generate import generate
-    from projections.running_totals import reconcile
+    from projections.running_totals import lagging, reconcile
     from projections.store import LedgerStore, index_table
     from streams.publish import publish
     from streams.topics import TopicNames
@@ -227,6 +276,7 @@ def main() -> None:
         watcher.start()
         sent_at: dict[int, float] = {}
         console.print(f"publishing {len(lines):,} events to {bootstrap} ({prefix}), worker ready in {ready_s:.1f} s")
+        cpu_before = worker_cpu_s(worker.pid)
         t0 = time.time()
         report = publish(paced(lines, args.rate), bootstrap, topic=TopicNames(prefix).events,
                          on_sent=lambda n, t: sent_at.__setitem__(n, t))
@@ -246,9 +296,15 @@ def main() -> None:
                     break
                 time.sleep(0.1)
             t_stored = time.time()
-            while not reconcile(store, POOL, 2020).ok:
-                time.sleep(0.2)
+            # Caught up: no totals row misses an event of the store (one aggregate); then the
+            # replay confirms the figures (a reconcile is a cold replay: too slow to poll with).
+            while lagging(engine, POOL, 2020):
+                time.sleep(0.05)
             t_agree = time.time()
+            cpu = worker_cpu_s(worker.pid) - cpu_before
+            while not reconcile(store, POOL, 2020).ok:  # not yet right after all: wait until it is
+                time.sleep(0.2)
+                t_agree = time.time()
             with engine.connect() as conn:
                 rows = conn.execute(select(index_table.c.event_id, index_table.c.seq, index_table.c.event_type,
                                            index_table.c.hospital_id, index_table.c.case_id, index_table.c.year)).all()
@@ -303,6 +359,9 @@ def main() -> None:
                 "mean": round(statistics.fmean(latencies), 3) if latencies else None,
             },
             "poll_interval_s": POLL_S,
+            "worker_cpu_s": round(cpu, 2),
+            "worker_cpu_us_per_event": round(cpu / valid * 1e6),
+            "batches": batch_breakdown(logs, t0),
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -319,7 +378,16 @@ def main() -> None:
         table.add_row("latency publish -> totals, p50", f"{lat['p50']} s")
         table.add_row("latency p90 / p99 / max", f"{lat['p90']} / {lat['p99']} / {lat['max']} s")
         table.add_row("case events timed", f"{len(latencies):,} (unmeasured {missing})")
+        table.add_row("worker CPU (worker + recompute process)", f"{cpu:.1f} s, {result['worker_cpu_us_per_event']} us/event")
         console.print(table)
+        b = result["batches"]
+        phases = Table("per intake batch", "mean ms", "share", title=f"{b['intake_batches']} intake batches, "
+                       f"{b['mean_batch_events']:.0f} events each on average; {b['recompute_batches']} recompute batches")
+        for phase, ms in b["intake_mean_ms"].items():
+            phases.add_row(phase, f"{ms:.1f}", f"{ms / max(sum(b['intake_mean_ms'].values()), 1e-9):.0%}")
+        for phase, ms in b["recompute_mean_ms"].items():
+            phases.add_row(f"recompute: {phase}", f"{ms:.1f}", "")
+        console.print(phases)
         console.print(f"written {args.out}")
     finally:
         for proc in others:

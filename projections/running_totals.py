@@ -275,16 +275,31 @@ def recompute(store: LedgerStore, key: Key, known_at: datetime | None = None, la
     or an uncomputable case keeps `last`'s figures and records the error: the totals are
     never patched, and a later policy event recomputes them (`recompute_keys`).
     """
+    return recompute_many(store, [key], known_at, {key: last} if last is not None else {})[0]
+
+
+def recompute_many(store: LedgerStore, keys: Sequence[Key], known_at: datetime | None = None,
+                   last: dict[Key, TotalsRow] | None = None) -> list[TotalsRow]:
+    """`recompute` of each of `keys`, in order, on one connection after one position read
+    (a worker's batch asks for every hospital it touched: one catch-up check, not one per key)."""
     from projections import case_versions
 
     known_at = known_at or datetime.now(UTC)
+    last = last or {}
     position = case_versions.fresh(store)
-    stamp = datetime.now(UTC)
-    try:
-        totals = projected_totals(store, key.pool, key.year, known_at, key.hospital_id).get(key.hospital_id, HospitalTotals())
-    except (PolicyMissing, ClearingError) as exc:
-        return TotalsRow(key, last.totals if last else HospitalTotals(), position, known_at, stamp, str(exc))
-    return TotalsRow(key, totals, position, known_at, stamp)
+    out = []
+    with store.engine.connect() as conn:
+        for key in keys:
+            stamp = datetime.now(UTC)
+            try:
+                found = case_versions.sums(conn, key.pool, key.year, known_at, hospital_id=key.hospital_id)
+            except (PolicyMissing, ClearingError) as exc:
+                prev = last.get(key)
+                out.append(TotalsRow(key, prev.totals if prev else HospitalTotals(), position, known_at, stamp, str(exc)))
+                continue
+            sums = found.hospitals.get(key.hospital_id)
+            out.append(TotalsRow(key, totals_of(sums) if sums is not None else HospitalTotals(), position, known_at, stamp))
+    return out
 
 
 def keys_for(store: LedgerStore, events: Iterable[Any]) -> set[Key]:

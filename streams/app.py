@@ -51,14 +51,43 @@ def broker_url(bootstrap_servers: str) -> str:
     return ";".join(h if "://" in h else f"kafka://{h}" for h in hosts)
 
 
+FETCH_MAX_WAIT_MS = 100
+"""How long a fetch of the worker's consumers may wait for records. Tansu holds a fetch for
+the whole wait even when records arrive meanwhile (measured: 483-1,235 ms from send to
+receipt at Faust's fixed 1,500 ms, 14-76 ms at 100 ms), so the wait is a floor on latency."""
+
+
+def _app_class() -> Any:
+    """faust.App whose agents' consumer fetches with `FETCH_MAX_WAIT_MS` (Faust fixes 1,500 ms)."""
+    import faust
+    from faust.transport.drivers import aiokafka as driver
+
+    class ConsumerThread(driver.AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: Any) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by its fetcher at start()
+            return consumer
+
+    class ShortWaitConsumer(driver.Consumer):
+        def _new_consumer_thread(self) -> Any:
+            return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    class Transport(driver.Transport):
+        Consumer = ShortWaitConsumer
+
+    class App(faust.App):
+        def _new_transport(self) -> Any:
+            return Transport(self.conf.broker_consumer, self)
+
+    return App
+
+
 def create_app(settings: WorkerSettings) -> Any:
     """The faust.App with its topics, agents and table (not started)."""
-    import faust
-
     from streams import intake, recompute
 
     names = TopicNames(settings.topic_prefix)
-    app = faust.App(
+    app = _app_class()(
         settings.topic_prefix,
         broker=broker_url(settings.bootstrap_servers),
         store=settings.store,

@@ -52,7 +52,7 @@ from sqlalchemy import select
 
 from ledger.events import LEDGER_WRITTEN, InvalidEvent, parse_event
 from projections.running_totals import Key, keys_for, store_engine
-from projections.store import dead_letters_table
+from projections.store import among, dead_letters_table
 from streams.retry import retrying
 
 if TYPE_CHECKING:
@@ -103,6 +103,7 @@ class IntakeResult:
     duplicates: int = 0
     refused: list[Refused] = field(default_factory=list)
     recompute: dict[Key, str] = field(default_factory=dict)  # key -> one event_id that caused it
+    timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds (the worker's log)
 
 
 def run_batch(store: LedgerStore, messages: Sequence[Inbound],
@@ -121,6 +122,7 @@ def run_batch(store: LedgerStore, messages: Sequence[Inbound],
        duplicate may be the redelivery of a batch whose recomputation never happened.
     """
     result = IntakeResult()
+    clock = _Phases(result.timings)
     parsed: dict[int, Any] = {}
     for i, m in enumerate(messages):
         try:
@@ -129,31 +131,31 @@ def run_batch(store: LedgerStore, messages: Sequence[Inbound],
             continue  # ingest refuses it below, naming the field
         if ev.event_type not in LEDGER_WRITTEN:
             parsed[i] = ev
+    clock("parse")
     skip: set[int] = set()
     by_origin = {m.origin: i for i, m in enumerate(messages)}
     t = dead_letters_table
     with store_engine(store).connect() as conn:
-        origins = list(by_origin)
-        for k in range(0, len(origins), 900):
-            rows = conn.execute(
-                select(t.c.origin, t.c.field, t.c.reason, t.c.event_id).where(t.c.origin.in_(origins[k : k + 900]))
-            ).all()
-            for origin, fld, reason, event_id in rows:
-                i = by_origin[origin]
-                m = messages[i]
-                first, last = (reread or {}).get((m.topic, m.partition), (0, -1))
-                if first <= m.offset <= last:
-                    continue
-                if i not in skip:
-                    skip.add(i)
-                    result.refused.append(Refused(messages[i], fld, reason, event_id))
-                    parsed.pop(i, None)
+        rows = conn.execute(
+            select(t.c.origin, t.c.field, t.c.reason, t.c.event_id).where(among(conn, t.c.origin, list(by_origin)))
+        ).all()
+    for origin, fld, reason, event_id in rows:
+        i = by_origin[origin]
+        m = messages[i]
+        first, last = (reread or {}).get((m.topic, m.partition), (0, -1))
+        if first <= m.offset <= last:
+            continue
+        if i not in skip:
+            skip.add(i)
+            result.refused.append(Refused(messages[i], fld, reason, event_id))
+            parsed.pop(i, None)
     # Records with no line to store leave no entry and no dead letter: their fate is recorded
     # here. A dead letter kept before the store recorded offsets gets its fate too.
     blank = [i for i, m in enumerate(messages) if i not in skip and not m.value.strip()]
     store.record_consumed([messages[i].origin for i in blank], "blank")
     store.record_consumed([messages[i].origin for i in sorted(skip)], "dead-letter")
     skip.update(blank)
+    clock("dead letters")
 
     # One ingest for the whole batch (one journal and one index transaction), the runs in
     # order; a line's number is its place here, its origin the exact offset.
@@ -169,13 +171,28 @@ def run_batch(store: LedgerStore, messages: Sequence[Inbound],
             # A refused message changes no total; and its fields (a NUL in an id) may be
             # unusable in the recompute lookup below (found by the hostile flood, issue 12).
             parsed.pop(i, None)
+    clock("ingest")
 
     events = list(parsed.values())
     if events:
         causes = {ev.event_id: ev for ev in events}
         for key in sorted(keys_for(store, events)):
             result.recompute[key] = _cause(key, causes)
+    clock("keys")
     return result
+
+
+class _Phases:
+    """Adds the seconds since the previous call to `into[phase]` (the worker logs a batch's phases)."""
+
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into = into
+        self.since = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.into[phase] = self.into.get(phase, 0.0) + now - self.since
+        self.since = now
 
 
 def _runs(indexed: list[tuple[int, Inbound]]) -> list[list[tuple[int, Inbound]]]:
@@ -356,6 +373,8 @@ class EventsConsumer:
     async def run(self) -> None:
         from aiokafka import AIOKafkaConsumer
 
+        from streams.app import FETCH_MAX_WAIT_MS
+
         await self._blocking(self._store)  # the store's tables exist before the first record is read
         await retrying(lambda: self._identify([self.topic], create=True), "identify the events topic's log")
         conf = self.app.conf
@@ -368,6 +387,7 @@ class EventsConsumer:
             rebalance_timeout_ms=int(conf.broker_rebalance_timeout * 1000),
             max_poll_records=self.settings.batch_size,
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,  # Tansu waits it out whatever arrives (streams/app.py)
         )
         self.consumer.subscribe(pattern=self.names.intake_pattern(), listener=_Listener(self))
         await retrying(self.consumer.start, "start the events consumer")
@@ -401,9 +421,15 @@ class EventsConsumer:
                 self.fault.apply(got)
                 batch = [r for recs in got.values() for r in recs]
                 if batch:
-                    await self.handle(batch)
+                    result = await self.handle(batch)
+                    committing = time.perf_counter()
                     await self._commit(got)
+                    result.timings["commit"] = time.perf_counter() - committing
                     self._next.update({tp: recs[-1].offset + 1 for tp, recs in got.items() if recs})
+                    log.info("ingested %d (+%d duplicates, %d refused) -> %d recompute requests in %.0f ms: %s",
+                             result.accepted, result.duplicates, len(result.refused), len(result.recompute),
+                             sum(result.timings.values()) * 1000,
+                             ", ".join(f"{k} {v * 1000:.0f}" for k, v in result.timings.items()))
                 if self._converge_now:
                     self._converge_now = False
                     await retrying(self.converge, "bring the running totals up to the store")
@@ -605,22 +631,25 @@ class EventsConsumer:
         except Exception as exc:  # noqa: BLE001 - a rebalance in progress; the next batch commits
             log.debug("advisory commit skipped: %s", exc)
 
-    async def handle(self, records: Sequence[Any]) -> None:
+    async def handle(self, records: Sequence[Any]) -> IntakeResult:
+        """Stores a batch, then sends its dead letters and recompute requests (acknowledged)."""
         from streams.signed_intake import screened_batch  # it imports this module
 
         # Recorded under the log's name (`kafka:<log>/<partition>/<offset>`), not the topic's.
         messages = [Inbound(self.logs[r.topic], r.partition, r.offset, r.key, r.value or b"") for r in records]
         headers = [r.headers for r in records]
-        started = time.perf_counter()
         reread = dict(self._reread)
+        started = time.perf_counter()
         result = await retrying(lambda: self._blocking(lambda: screened_batch(
             self._store(), messages, headers, self.keyring, run=lambda st, ms: run_batch(st, ms, reread),
             names=self.names)), "ingest")
+        stored = time.perf_counter()
+        # The wait for the intake thread (and a retry) beyond the phases run_batch timed.
+        result.timings["thread"] = max(0.0, stored - started - sum(result.timings.values()))
         for m in messages:  # past the re-read range: judged as usual again
             tp = (m.topic, m.partition)
             if tp in self._reread and m.offset >= self._reread[tp][1]:
                 del self._reread[tp]
-        stored = time.perf_counter()
 
         async def send_all() -> None:
             futures = []
@@ -634,9 +663,8 @@ class EventsConsumer:
 
         # Retried whole: a resend duplicates messages, which both topics tolerate (at least once).
         await retrying(send_all, "send dead letters and recompute requests")
-        log.info("ingested %d (+%d duplicates, %d refused) -> %d recompute requests; store %.0f ms, sends %.0f ms",
-                 result.accepted, result.duplicates, len(result.refused), len(result.recompute),
-                 (stored - started) * 1000, (time.perf_counter() - stored) * 1000)
+        result.timings["sends"] = time.perf_counter() - stored
+        return result
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -296,9 +296,9 @@ def main() -> None:
                     break
                 time.sleep(0.1)
             t_stored = time.time()
-            # Caught up: no totals row misses an event of the store (one aggregate); then the
+            # Caught up: no totals row differs from the projection now (one aggregate); then the
             # replay confirms the figures (a reconcile is a cold replay: too slow to poll with).
-            while lagging(engine, POOL, 2020):
+            while lagging(store, POOL, 2020):
                 time.sleep(0.05)
             t_agree = time.time()
             cpu = worker_cpu_s(worker.pid) - cpu_before

@@ -5,11 +5,13 @@ The workers start first. The parent then reads the journal page by page and chec
 page's chain links (`chained`); it routes every case event (submission, withdrawal, verdict)
 to one worker as the stored bytes, by its case, each case to the group of its hospital. The
 worker checks the entry's content hash and names (`check_content`, `entry_record`), decodes
-it and settles its cases with the pool events (`settle`), then returns its hospitals' sums
-(`case_sums`); the parent adds the groups' sums and prices them (`clearing`). The parent
-checks and decodes the other events (registrations, policy, budget, prepayments ...) itself
-and hands every worker their envelopes at the end. So every check of the single-process
-replay is made, each once, and no decoded event crosses a process.
+its record and envelope in one pass (`_RECORDS`: pydantic's parsing without the Python
+validators intake ran, `_stored`) and settles its cases with the pool events (`settle`),
+then returns its hospitals' sums (`case_sums`); the parent adds the groups' sums and prices
+them (`clearing`). The parent checks and decodes (in full) the other events (registrations,
+policy, budget, prepayments ...) itself and hands every worker their envelopes at the end.
+So every entry is checked against the chain as in the single-process replay, once, and no
+decoded event crosses a process.
 
 The parent reads an entry's type, case and hospital from its stored bytes without decoding
 them (`_hints`): they are only where the entry is sent; the worker checks them against the

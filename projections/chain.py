@@ -356,8 +356,8 @@ def chained(entries: Sequence[tuple[int, Any, str, bytes]], rows: Sequence[Chain
     previous entry (the first's: `previous`), and no entry missing between them. `rows` are
     the chain rows from the first entry's position to the last's. Raises `BrokenEntry` at the
     first that does not match. `content=False` leaves the content hashes to the caller, who
-    checks each (`check_content`) before reading the entry. Linear: the chain rows are walked
-    once, in position order."""
+    checks each (`check_content`) before decoding the entry (the cold replay's workers, in
+    parallel). Linear: the chain rows are walked once, in position order."""
     out: list[ChainRow] = []
     i = 0
     for position, _, topic, state in entries:

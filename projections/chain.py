@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -36,6 +36,7 @@ from eventsourcing.persistence import InterfaceError, Notification, OperationalE
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 from eventsourcing.utils import retry
+from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Composed, Identifier, Literal
 from pydantic_core import from_json
 from sqlalchemy import text
@@ -53,6 +54,10 @@ SQLITE_MMAP = "PRAGMA mmap_size = 4294967296"
 file through mmap: otherwise a city year's journal and index B-trees are read with ~6
 `pread`s an event (a connection's cache is dropped whenever another connection writes)."""
 REFUSED = "the journal is append-only (drg-ledger): its rows are never updated or deleted"
+
+Entry = tuple[int, str, str, bytes]
+"""A stored journal entry as the checks read it: position, originator id (32 hex digits),
+topic, state bytes (`select_entries` of both recorders)."""
 
 
 def content_hash(topic: str, state: bytes) -> str:
@@ -138,6 +143,15 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
         c.executemany(f"INSERT INTO {self.chain_table_name} VALUES (?,?,?,?)", rows)
         return ids
 
+    def select_entries(self, after: int, limit: int) -> list[Entry]:
+        """Up to `limit` entries after position `after`, in order, as plain tuples (`Entry`)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(SQLITE_CACHE)
+            c.execute(SQLITE_MMAP)
+            c.execute(f"SELECT rowid, originator_id, topic, state FROM {self.events_table_name} "
+                      "WHERE rowid > ? ORDER BY rowid LIMIT ?", (after, limit))
+            return [(r[0], r[1], r[2], r[3]) for r in c.fetchall()]
+
 
 class ChainedPostgresRecorder(PostgresApplicationRecorder):
     """The library's PostgreSQL application recorder, plus the chain, append-only triggers
@@ -194,6 +208,10 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
         self.select_ids_statement = SQL(
             "SELECT nextval(pg_get_serial_sequence({table}, 'notification_id')) AS id FROM generate_series(1, %s)"
         ).format(table=Literal(qualified))
+        self.select_entries_statement = SQL(
+            "SELECT notification_id, originator_id, topic, state FROM {schema}.{events} "
+            "WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+        ).format(schema=schema, events=events)
 
     @staticmethod
     def _trigger(schema: Identifier, table: str, fn: Identifier, op: str, each: str) -> Composed:
@@ -229,6 +247,13 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
                 for r in rows:
                     copy.write_row(r)
         return ids
+
+    def select_entries(self, after: int, limit: int) -> list[Entry]:
+        """Up to `limit` entries after position `after`, in order, as plain tuples (`Entry`),
+        read in binary (no hex text of each state to decode)."""
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row, binary=True) as curs:
+            curs.execute(self.select_entries_statement, (after, limit), prepare=True)
+            return [(nid, oid.hex, topic, state) for nid, oid, topic, state in curs.fetchall()]
 
 
 RECORDER_TOPICS = {
@@ -300,47 +325,78 @@ def digest_at(journal: Journal, engine: Engine, position: int) -> str:
 
 def checked_notifications(journal: Journal, engine: Engine, after: int, limit: int) -> list[tuple[Notification, ChainRow]]:
     """Up to `limit` stored entries after position `after`, each checked against the chain
-    written with it before anything reads it: its content hash, its link to the previous
-    entry, and no entry missing between them. Raises `BrokenEntry` at the first that does
-    not match. Linear in the page: the chain rows are walked once, in position order."""
+    written with it before anything reads it (`chained`)."""
     notifications = journal.recorder.select_notifications(after + 1, limit)
     if not notifications:
         return []
     table = chain_table_name(journal)
     rows = read_chain(engine, table, after + 1, notifications[-1].id)
     previous = previous_link(engine, table, notifications[0].id)
-    out: list[tuple[Notification, ChainRow]] = []
+    entries = [(n.id, n.originator_id, n.topic, n.state) for n in notifications]
+    return list(zip(notifications, chained(entries, rows, previous), strict=True))
+
+
+def checked_entries(journal: Journal, engine: Engine, after: int, limit: int, *, content: bool = True
+                    ) -> list[tuple[Entry, ChainRow]]:
+    """`checked_notifications` as plain tuples (`select_entries`): up to `limit` entries after
+    position `after`, each with its chain row, checked (`chained`)."""
+    entries: list[Entry] = journal.recorder.select_entries(after, limit)  # type: ignore[attr-defined]
+    if not entries:
+        return []
+    table = chain_table_name(journal)
+    rows = read_chain(engine, table, after + 1, entries[-1][0])
+    previous = previous_link(engine, table, entries[0][0])
+    return list(zip(entries, chained(entries, rows, previous, content=content), strict=True))
+
+
+def chained(entries: Sequence[tuple[int, Any, str, bytes]], rows: Sequence[ChainRow], previous: str, *,
+            content: bool = True) -> list[ChainRow]:
+    """The chain row of each entry (position, originator id, topic, state; in position order),
+    each entry checked against the chain written with it: its content hash, its link to the
+    previous entry (the first's: `previous`), and no entry missing between them. `rows` are
+    the chain rows from the first entry's position to the last's. Raises `BrokenEntry` at the
+    first that does not match. `content=False` leaves the content hashes to the caller, who
+    checks each (`check_content`) before decoding the entry (the cold replay's workers, in
+    parallel). Linear: the chain rows are walked once, in position order."""
+    out: list[ChainRow] = []
     i = 0
-    for n in notifications:
+    for position, _, topic, state in entries:
         gone = i  # chain rows before this entry's own: their entries were deleted
-        while i < len(rows) and rows[i].position < n.id:
+        while i < len(rows) and rows[i].position < position:
             i += 1
-        if i == len(rows) or rows[i].position != n.id:
-            raise BrokenEntry(n.id, stored_event_id(n.state), "entry has no chain row: written behind the ledger's back")
+        if i == len(rows) or rows[i].position != position:
+            raise BrokenEntry(position, stored_event_id(state), "entry has no chain row: written behind the ledger's back")
         if gone < i:
             raise BrokenEntry(rows[gone].position, rows[gone].event_id,
                               "entry deleted: its chain row remains, the entry does not")
         row = rows[i]
         i += 1
-        if content_hash(n.topic, n.state) != row.content_hash:
-            raise BrokenEntry(n.id, stored_event_id(n.state), "content differs from the hash chained when it was recorded")
+        if content:
+            check_content(position, topic, state, row.content_hash)
         if link(previous, row.content_hash) != row.chain_hash:
-            raise BrokenEntry(n.id, stored_event_id(n.state), "chain hash does not follow from the previous entry's")
+            raise BrokenEntry(position, stored_event_id(state), "chain hash does not follow from the previous entry's")
         previous = row.chain_hash
-        out.append((n, row))
+        out.append(row)
     return out
 
 
-def is_entry_of(originator_id: UUID, event_id: str) -> bool:
-    """`originator_id == entry_id(event_id)`, without building a UUID (a third of the cold
-    replay's checks)."""
-    return originator_id.int == entry_int(event_id)
+def check_content(position: int, topic: str, state: bytes, chained_hash: str) -> None:
+    """The entry's content is the one hashed into the chain when it was recorded."""
+    if content_hash(topic, state) != chained_hash:
+        raise BrokenEntry(position, stored_event_id(state), "content differs from the hash chained when it was recorded")
 
 
-def _check_names(n: Notification, row: ChainRow, event_id: str) -> None:
-    """The entry names the event its chain row names, and is that event's entry."""
-    if event_id != row.event_id or not is_entry_of(n.originator_id, event_id):
-        raise BrokenEntry(n.id, event_id, f"entry names event {event_id!r}, its chain row {row.event_id!r}")
+def is_entry_of(originator_id: UUID | str, event_id: str) -> bool:
+    """`originator_id == entry_id(event_id)` (a UUID, or its 32 hex digits), without building a
+    UUID (a third of the cold replay's checks)."""
+    value = originator_id.int if isinstance(originator_id, UUID) else int(originator_id, 16)
+    return value == entry_int(event_id)
+
+
+def _check_names(position: int, originator_id: UUID | str, chained_id: str, event_id: str) -> None:
+    """The entry names the event its chain row names (`chained_id`), and is that event's entry."""
+    if event_id != chained_id or not is_entry_of(originator_id, event_id):
+        raise BrokenEntry(position, event_id, f"entry names event {event_id!r}, its chain row {chained_id!r}")
 
 
 def checked_read(journal: Journal, engine: Engine, after: int, limit: int) -> list[tuple[int, LedgerEntry.Recorded]]:
@@ -350,23 +406,36 @@ def checked_read(journal: Journal, engine: Engine, after: int, limit: int) -> li
     for n, row in checked_notifications(journal, engine, after, limit):
         recorded = journal.mapper.to_domain_event(n)
         assert isinstance(recorded, LedgerEntry.Recorded)
-        _check_names(n, row, recorded.event_id)
+        _check_names(n.id, n.originator_id, row.event_id, recorded.event_id)
         out.append((n.id, recorded))
     return out
 
 
+def plain_records(journal: Journal) -> bool:
+    """The journal stores its records as plain JSON (no cipher, no compressor), as ours does."""
+    return journal.mapper.cipher is None and journal.mapper.compressor is None
+
+
+def entry_record(position: int, originator_id: UUID | str, topic: str, state: bytes, chained_id: str,
+                 decode: Callable[[bytes], Any] = from_json) -> Any:
+    """A checked entry's stored record (`plain_records`), decoded once by `decode` (by default
+    as plain JSON, pydantic's parser), not through the library's mapper, which decodes it
+    into an object the replay throws away; it must be a journal entry naming the event its
+    chain row names."""
+    if topic != RECORDED_TOPIC:
+        raise BrokenEntry(position, chained_id, f"entry is a {topic}, not a journal entry")
+    record = decode(state)
+    _check_names(position, originator_id, chained_id, record["event_id"])
+    return record
+
+
 def checked_envelopes(journal: Journal, engine: Engine, after: int, limit: int) -> list[tuple[int, str, str]]:
     """`checked_read` for the cold replay: (position, event_type, envelope JSON) of each
-    checked entry, its stored record decoded once as plain JSON (pydantic's parser), not
-    through the library's mapper, which decodes it into an object the replay throws away."""
-    mapper = journal.mapper
-    if mapper.cipher is not None or mapper.compressor is not None:  # not ours: the mapper knows how
+    checked entry (`checked_entries`, `entry_record`)."""
+    if not plain_records(journal):  # not ours: the mapper knows how
         return [(nid, r.event_type, r.envelope) for nid, r in checked_read(journal, engine, after, limit)]
     out: list[tuple[int, str, str]] = []
-    for n, row in checked_notifications(journal, engine, after, limit):
-        if n.topic != RECORDED_TOPIC:
-            raise BrokenEntry(n.id, row.event_id, f"entry is a {n.topic}, not a journal entry")
-        record = from_json(n.state)
-        _check_names(n, row, record["event_id"])
-        out.append((n.id, record["event_type"], record["envelope"]))
+    for entry, row in checked_entries(journal, engine, after, limit):
+        record = entry_record(*entry, row.event_id)
+        out.append((entry[0], record["event_type"], record["envelope"]))
     return out

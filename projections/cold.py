@@ -1,47 +1,59 @@
 """`clear --cold`: the raw journal replayed through the pure core, hospital groups settled in
 parallel processes (issue 11, "Cold replay").
 
-The parent reads the journal page by page, every entry checked against the hash chain
-(`LedgerStore.replay_envelopes`), and routes each case event (submission, withdrawal,
-verdict) still undecoded to one worker: by its case, each case to the group of its hospital.
-The parent decodes the other events (registrations, policy, budget, prepayments ...) and
-hands them to every worker at the end. Each worker decodes its case events, settles them
-with the pool events (`settle`) and returns its hospitals' sums (`case_sums`); the parent
-adds the groups' sums and prices them (`clearing`). Every stored event is decoded once.
+The workers start first. The parent then reads the journal page by page and checks each
+page's chain links (`chained`); it routes every case event (submission, withdrawal, verdict)
+to one worker as the stored bytes, by its case, each case to the group of its hospital. The
+worker checks the entry's content hash and names (`check_content`, `entry_record`), decodes
+its record and envelope in one pass (`_RECORDS`: pydantic's parsing without the Python
+validators intake ran, `_stored`) and settles its cases with the pool events (`settle`),
+then returns its hospitals' sums (`case_sums`); the parent adds the groups' sums and prices
+them (`clearing`). The parent checks and decodes (in full) the other events (registrations,
+policy, budget, prepayments ...) itself and hands every worker their envelopes at the end.
+So every entry is checked against the chain as in the single-process replay, once, and no
+decoded event crosses a process.
+
+The parent reads an entry's type, case and hospital from its stored bytes without decoding
+them (`_hints`): they are only where the entry is sent; the worker checks them against the
+decoded event, so a wrong hint is a failed worker, never a wrong sum.
 
 Exact: `settle` couples cases only within a hospital (the incentive cap counts and orders
 the hospital's own cases, RULES.md 3), so a hospital's sums depend on the pool events and
 its own cases alone. A case whose submissions name hospitals of two groups cannot be split
-so; then, or when a worker fails, the clearing is settled in this process instead (the
-same answer, or the same error, as the single-process path).
+so; then, or when an entry fails a check or a worker fails, the clearing is settled in this
+process instead (the same answer, or the same error, raised at the first entry at fault).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import datetime
 from multiprocessing.connection import Connection
 from typing import Any
 
-from pydantic_core import from_json
+from pydantic import Json, TypeAdapter
+from pydantic_core import SchemaValidator
+from typing_extensions import TypedDict
 
 from ledger.cases import CASE_EVENTS
 from ledger.clearing import Basis, CaseSums, Clearing, case_sums, clearing, clearing_from_sums, gc_paused, settle
-from ledger.events import EventType
+from ledger.events import ENVELOPES, EventType
+from projections.chain import check_content, checked_entries, entry_record, plain_records
 from projections.store import LedgerStore, _parse_stored, _utc
 
 WORKERS_ENV = "DRG_LEDGER_COLD_WORKERS"
 """Processes settling hospital groups (default: the machine's cores, at most 4; 1: no worker)."""
 
-
-_BATCH = 5_000
-"""Entries read between two sends to the workers."""
+_PAGE = 5_000
+"""Journal entries read, checked and sent to the workers at a time."""
 
 
 class _Split(Exception):
-    """The hospital groups cannot be settled apart (a case names hospitals of two groups)."""
+    """The hospital groups cannot be settled apart (a case names hospitals of two groups, an
+    entry fails a check, a worker fails): the clearing is settled in one process."""
 
 
 @dataclass
@@ -64,7 +76,7 @@ def cold_clearing(store: LedgerStore, pool: str, year: int, known_at: datetime, 
     processes = workers() if processes is None else processes
     head = store.journal.head()
     with gc_paused():
-        if processes > 1 and "fork" in multiprocessing.get_all_start_methods():
+        if processes > 1 and "fork" in multiprocessing.get_all_start_methods() and plain_records(store.journal):
             try:
                 return _parallel(store, pool, year, known_at, head, processes)
             except _Split:
@@ -89,13 +101,16 @@ def _parallel(store: LedgerStore, pool: str, year: int, known_at: datetime, head
             pipes.append(send)
             procs.append((proc, result_receive))
         try:
-            pool_events = _route(store, head, cut, pipes)
+            pool_entries = _route(store, head, pipes)
             for send in pipes:
-                send.send(("pool", pool_events))
+                send.send(("pool", pool_entries))
                 send.close()
+            pool_events = _known(pool_entries, cut)  # while the workers settle
             parts = [result.recv() for _, result in procs]
-        except (OSError, EOFError) as exc:  # a worker died
-            raise _Split(f"a worker failed: {exc}") from exc
+        except _Split:
+            raise
+        except Exception as exc:  # a broken or undecodable entry, a dead worker: one process names the first
+            raise _Split(f"settled in one process: {exc}") from exc
     finally:
         for send in pipes:
             send.close()
@@ -124,58 +139,149 @@ def _parallel(store: LedgerStore, pool: str, year: int, known_at: datetime, head
     return replace(clearing_from_sums(py, sums), basis=basis)
 
 
-def _route(store: LedgerStore, head: int, cut: datetime, pipes: list[Connection]) -> list[Any]:
-    """Sends each case event to its case's group page by page; returns the pool events known at `cut`."""
-    hospital_group: dict[str, int] = {}
-    case_group: dict[str, int] = {}
-    waiting: dict[str, list[tuple[str, str]]] = {}  # withdrawals and verdicts that came before their case
-    pool_events: list[Any] = []
-    batches: list[list[tuple[str, str]]] = [[] for _ in pipes]
-    for n, (_, event_type, envelope) in enumerate(store.replay_envelopes(head), 1):
-        if event_type not in CASE_EVENTS:
-            ev = _parse_stored(event_type, envelope)
-            if ev.recorded_at <= cut:
-                pool_events.append(ev)
+def _known(envelopes: list[tuple[str, str]], cut: datetime) -> list[Any]:
+    """The checked envelopes (event_type, JSON) decoded, those recorded by `cut`."""
+    events = [_parse_stored(event_type, envelope) for event_type, envelope in envelopes]
+    return [e for e in events if e.recorded_at <= cut]
+
+
+_TYPE = b'"event_type":"'
+_CASE = b'\\"case_id\\":\\"'
+_HOSPITAL = b'\\"hospital_id\\":\\"'
+
+
+def _hints(state: bytes) -> tuple[str, str | None, str | None]:
+    """(event_type, case_id, hospital_id) as the stored record's bytes read (None when not
+    found): the record's first `event_type` member, then its envelope's (a JSON string, so
+    its quotes escaped) first `case_id` and `hospital_id`, which lead a case payload's text
+    (canonical JSON: keys sorted; ids and codes hold no quote). Checked by the worker."""
+    at = state.find(_TYPE) + len(_TYPE)
+    event_type = state[at:state.find(b'"', at)].decode()
+    values: list[str | None] = []
+    for key in (_CASE, _HOSPITAL):
+        at = state.find(key)
+        if at < 0:
+            values.append(None)
             continue
-        payload = from_json(envelope)["payload"]
-        cid = payload["case_id"]
-        if event_type == EventType.CASE_SUBMITTED:
-            g = hospital_group.setdefault(payload["hospital_id"], len(hospital_group) % len(pipes))
-            if case_group.setdefault(cid, g) != g:
-                raise _Split(f"case {cid} names hospitals of two groups")
-            batches[g].append((event_type, envelope))
-            batches[g].extend(waiting.pop(cid, ()))
-        elif cid in case_group:
-            batches[case_group[cid]].append((event_type, envelope))
-        else:
-            waiting.setdefault(cid, []).append((event_type, envelope))
-        if n % _BATCH == 0:
-            _flush(batches, pipes)
-    for cid, events in waiting.items():  # cases never submitted: settle ignores them, the basis counts them
-        batches[0].extend(events)
-    _flush(batches, pipes)
-    return pool_events
+        at += len(key)
+        values.append(state[at:state.find(b'\\"', at)].decode())
+    return event_type, values[0], values[1]
 
 
-def _flush(batches: list[list[tuple[str, str]]], pipes: list[Connection]) -> None:
+def _route(store: LedgerStore, head: int, pipes: list[Connection]) -> list[tuple[str, str]]:
+    """Reads the journal to `head` page by page, checks each page's chain links, and sends
+    each case entry to its case's group; returns the other entries' envelopes
+    (event_type, JSON), checked (but not decoded)."""
+    hospital_group: dict[str, int] = {}
+    loads = [0] * len(pipes)  # submissions sent to each group
+    case_group: dict[str, int] = {}
+    waiting: dict[str, list[tuple[Any, ...]]] = {}  # withdrawals and verdicts that came before their case
+    pool_entries: list[tuple[str, str]] = []
+    after = 0
+    while after < head:
+        page = checked_entries(store.journal, store.engine, after, _PAGE, content=False)
+        if not page:
+            break
+        after = page[-1][0][0]
+        hinted = [(entry, row, *_hints(entry[3])) for entry, row in page if entry[0] <= head]
+        _deal(hospital_group, loads, Counter(h for *_, t, _, h in hinted if t == EventType.CASE_SUBMITTED and h))
+        batches: list[list[tuple[Any, ...]]] = [[] for _ in pipes]
+        for entry, row, event_type, cid, hid in hinted:
+            position, _, topic, state = entry
+            if event_type not in CASE_EVENTS:
+                check_content(position, topic, state, row.content_hash)
+                record = entry_record(*entry, row.event_id)
+                if record["event_type"] in CASE_EVENTS:
+                    raise _Split(f"journal position {position}: a case event not read as one")
+                pool_entries.append((record["event_type"], record["envelope"]))
+                continue
+            if cid is None:
+                raise _Split(f"journal position {position}: no case id read")
+            sent = (*entry, row.event_id, row.content_hash, event_type, cid, hid)
+            if event_type == EventType.CASE_SUBMITTED:
+                if hid is None:
+                    raise _Split(f"journal position {position}: no hospital id read")
+                g = hospital_group[hid]
+                if case_group.setdefault(cid, g) != g:
+                    raise _Split(f"case {cid} names hospitals of two groups")
+                batches[g].append(sent)
+                batches[g].extend(waiting.pop(cid, ()))
+            elif cid in case_group:
+                batches[case_group[cid]].append(sent)
+            else:
+                waiting.setdefault(cid, []).append(sent)
+        _send(batches, pipes)
+    unsubmitted = [sent for entries in waiting.values() for sent in entries]  # settle ignores them, the basis counts them
+    _send([unsubmitted, *([] for _ in pipes[1:])], pipes)
+    return pool_entries
+
+
+def _deal(hospital_group: dict[str, int], loads: list[int], submissions: Counter[str]) -> None:
+    """Deals the hospitals first seen in a page to the groups, the most submissions in the
+    page first, each to the least loaded group; then counts the page's submissions into the
+    loads. A hospital's share of a page foretells its share of the year (cases are
+    journalled through the year), so the groups come out even and the workers finish together."""
+    estimate = list(loads)
+    for hid, n in sorted(submissions.items(), key=lambda item: (-item[1], item[0])):
+        if hid not in hospital_group:
+            g = estimate.index(min(estimate))
+            hospital_group[hid] = g
+            estimate[g] += n
+    for hid, n in submissions.items():
+        loads[hospital_group[hid]] += n
+
+
+def _send(batches: list[list[tuple[Any, ...]]], pipes: list[Connection]) -> None:
     for batch, send in zip(batches, pipes, strict=True):
         if batch:
             send.send(("cases", batch))
-            batch.clear()
+
+
+def _stored(schema: Any) -> Any:
+    """A core schema without its Python validators (`BeforeValidator`, `AfterValidator`, model
+    validators): pydantic's own parsing of the types and their constraints only. Enough for a
+    stored record, which intake validated in full (EVENTS.md "Limits on input") and whose
+    bytes the chain proves unchanged since: those validators only check their input and pass
+    it on (a decimal's parses the text as pydantic's decimal does), so the decoded event is
+    the same, in less than half the time."""
+    if isinstance(schema, dict):
+        if schema.get("type") in ("function-before", "function-after"):
+            return _stored(schema["schema"])
+        assert schema.get("type") not in ("function-wrap", "function-plain"), schema  # those may change the value
+        return {k: _stored(v) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_stored(v) for v in schema]
+    return schema
+
+
+_RECORDS = {
+    t: SchemaValidator(_stored(TypeAdapter(TypedDict(f"{t}Record", {  # type: ignore[operator]
+        "event_id": str, "event_type": str, "envelope": Json[ENVELOPES[t]],  # type: ignore[valid-type]
+    })).core_schema))
+    for t in CASE_EVENTS
+}
+"""The stored record (`LedgerEntry.Recorded`) of each case event type, its envelope decoded in
+the same pass (`_stored`)."""
 
 
 def _worker(receive: Connection, result: Connection, pool: str, year: int, known_at: datetime, cut: datetime) -> None:
-    """Decodes the case events it is sent as they come; given the pool events (a list of
-    envelopes, the last message), settles and sends back its `_Part` (None on failure)."""
+    """Checks and decodes the case entries it is sent as they come; given the pool events'
+    envelopes (the last message), settles and sends back its `_Part` (None on failure)."""
     try:
         cases: list[Any] = []
         while True:
             kind, message = receive.recv()
             if kind == "pool":
-                pool_events = message
+                pool_events = _known(message, cut)
                 break
-            for event_type, envelope in message:
-                ev = _parse_stored(event_type, envelope)
+            for position, originator_id, topic, state, chained_id, chained_hash, event_type, cid, hid in message:
+                check_content(position, topic, state, chained_hash)
+                record = entry_record(position, originator_id, topic, state, chained_id, _RECORDS[event_type].validate_json)
+                if record["event_type"] != event_type:
+                    raise _Split(f"journal position {position}: a {record['event_type']} read as a {event_type}")
+                ev = record["envelope"]
+                if ev.payload.case_id != cid or (event_type == EventType.CASE_SUBMITTED and ev.payload.hospital_id != hid):
+                    raise _Split(f"journal position {position}: sent as case {cid} of {hid}")
                 if ev.recorded_at <= cut:
                     cases.append(ev)
         py = settle([*pool_events, *cases], pool, year, known_at)

@@ -3,15 +3,17 @@ clearing and basis as one process replaying the journal, on SQLite and PostgreSQ
 
 from __future__ import annotations
 
+import multiprocessing
 from datetime import datetime
 from typing import Any
 
 import pytest
 
-from ledger.events import Component
+from ledger.events import Component, canonical_json
 from projections import cold
+from projections.chain import checked_entries, entry_record
 from projections.queries import clear_pool
-from projections.store import LedgerStore, _utc
+from projections.store import LedgerStore, _parse_stored, _utc
 from tests import factories as f
 
 MOMENTS = [datetime.fromisoformat(t) for t in ("2020-08-01T00:00:00+08:00", "2021-05-12T00:00:00+08:00")]
@@ -51,7 +53,7 @@ def test_hospital_groups_settled_apart_give_the_one_process_clearing(database_ur
     with LedgerStore.open(database_url) as store:
         for t in MOMENTS:
             one = cold.cold_clearing(store, "panzhihua", 2020, t, processes=1)
-            apart = cold.cold_clearing(store, "panzhihua", 2020, t, processes=processes)
+            apart = cold._parallel(store, "panzhihua", 2020, t, store.journal.head(), processes)  # no fallback
             assert apart.as_json() == one.as_json()
             assert apart.hospitals == clear_pool(store, "panzhihua", 2020, t).hospitals  # and the index path
             assert sum(h.cases for h in apart.hospitals) == {MOMENTS[0]: 100, MOMENTS[1]: 159}[t]  # by August; one withdrawn
@@ -71,21 +73,70 @@ def test_a_case_naming_hospitals_of_two_groups_is_settled_in_one_process(databas
         assert apart.hospitals == clear_pool(store, "panzhihua", 2020, t).hospitals
 
 
-def test_pool_events_are_decoded_by_the_parent_and_case_events_routed(database_url: str) -> None:
+class Collect:
+    """Stands for a worker's pipe: keeps what the router sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def send(self, message: Any) -> None:
+        kind, batch = message
+        self.sent.append((kind, list(batch)))  # a pipe pickles it at once; the router reuses the list
+
+
+def test_pool_events_stay_with_the_parent_and_each_hospitals_cases_go_to_one_group(database_url: str) -> None:
     ingest(database_url, city())
-
-    class Collect:
-        def __init__(self) -> None:
-            self.sent: list[Any] = []
-
-        def send(self, message: Any) -> None:
-            kind, batch = message
-            self.sent.append((kind, list(batch)))  # a pipe pickles it at once; the router reuses the list
-
     with LedgerStore.open(database_url) as store:
         pipes = [Collect(), Collect()]
-        pool_events = cold._route(store, store.journal.head(), _utc(MOMENTS[1]), pipes)  # type: ignore[arg-type]
-    assert {e.event_type for e in pool_events} >= {"PolicyVersionPublished", "HospitalRegistered", "BudgetSet"}
-    assert not {e.event_type for e in pool_events} & cold.CASE_EVENTS
-    routed = [[et for kind, batch in p.sent for et, _ in batch] for p in pipes]
-    assert all(routed) and sum(map(len, routed)) == 4 * 40 + 1 + 10 + 1  # cases, resubmission, verdicts, withdrawal
+        pool_entries = cold._route(store, store.journal.head(), pipes)  # type: ignore[arg-type]
+    assert {t for t, _ in pool_entries} >= {"PolicyVersionPublished", "HospitalRegistered", "BudgetSet"}
+    assert not {t for t, _ in pool_entries} & cold.CASE_EVENTS
+    sent = [[entry for _, batch in p.sent for entry in batch] for p in pipes]
+    assert all(sent) and sum(map(len, sent)) == 4 * 40 + 1 + 10 + 1  # cases, resubmission, verdicts, withdrawal
+    hospitals = [{e[8] for e in group if e[6] == "CaseSubmitted"} for group in sent]
+    assert hospitals[0] and hospitals[1] and not hospitals[0] & hospitals[1]
+    cases = [{e[7] for e in group} for group in sent]
+    assert not cases[0] & cases[1]
+
+
+def test_a_worker_refuses_an_entry_sent_as_another_case(database_url: str) -> None:
+    """The router reads case and hospital from the stored bytes; the worker checks them
+    against the decoded event, and fails (the clearing then settles in one process)."""
+    ingest(database_url, city())
+    t = MOMENTS[1]
+    with LedgerStore.open(database_url) as store:
+        pipes = [Collect()]
+        pool_entries = cold._route(store, store.journal.head(), pipes)  # type: ignore[arg-type]
+    entries = [entry for _, batch in pipes[0].sent for entry in batch]
+    submission = next(e for e in entries if e[6] == "CaseSubmitted")
+    ctx = multiprocessing.get_context("fork")
+    for message, refused in (([submission], False), ([(*submission[:7], "H009-C1", submission[8])], True),
+                             ([(*submission[:8], "H009")], True)):
+        receive, send = ctx.Pipe(duplex=False)
+        result_receive, result_send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=cold._worker, args=(receive, result_send, "panzhihua", 2020, t, _utc(t)))
+        proc.start()
+        send.send(("cases", message))
+        send.send(("pool", pool_entries))
+        part = result_receive.recv()
+        proc.join()
+        assert (part is None) == refused, message[0][6:]
+        if not refused:
+            assert part.events_read == 1
+
+
+def test_the_stored_decoding_gives_the_validated_event(database_url: str) -> None:
+    """A case entry's record decoded without the Python validators (`cold._RECORDS`) equals
+    the envelope validated in full, field by field and as canonical JSON."""
+    ingest(database_url, [*city(), f.withdrawal("H002-C3", hospital_id="H002", reason="重复提交 \"x\"")])
+    with LedgerStore.open(database_url) as store:
+        pages = checked_entries(store.journal, store.engine, 0, 10_000)
+    seen = set()
+    for entry, row in pages:
+        record = entry_record(*entry, row.event_id)
+        if record["event_type"] in cold.CASE_EVENTS:
+            full = _parse_stored(record["event_type"], record["envelope"])
+            stored = entry_record(*entry, row.event_id, cold._RECORDS[record["event_type"]].validate_json)
+            assert stored["envelope"] == full and canonical_json(stored["envelope"]) == canonical_json(full)
+            seen.add(record["event_type"])
+    assert seen == cold.CASE_EVENTS

@@ -94,8 +94,9 @@ table = Table(
 
 def _units(x: Decimal, scale: int) -> int:
     n = x.scaleb(scale)
-    assert n == n.to_integral_value(), x
-    return int(n)
+    i = int(n)
+    assert i == n, x
+    return i
 
 
 def _decimal(n: int, scale: int) -> Decimal:
@@ -114,13 +115,14 @@ class Row:
 
     def values(self) -> dict[str, Any]:
         f = self.figures
+        approved = f.approved
         return {
             "case_id": self.case_id, "known_from": self.known_from, "known_until": self.known_until,
             "pool": f.pool, "year": f.year, "hospital_id": f.hospital_id, "drg_code": f.drg_code,
             "discharge_date": f.discharge_date, "settled": _units(f.settled, POINTS_SCALE),
             "deducted": None if f.deducted is None else _units(f.deducted, POINTS_SCALE),
             "personal_paid": _units(f.personal_paid, MONEY_SCALE),
-            "approved_at": f.approved[0] if f.approved else None, "approved_id": f.approved[1] if f.approved else None,
+            "approved_at": approved[0] if approved else None, "approved_id": approved[1] if approved else None,
             "over_cap": f.over_cap, "error": f.error,
         }
 
@@ -195,8 +197,10 @@ class Projector:
         if not starts:
             return 0
         known = {seq: ev for seq, ev in batch}
-        events = _case_events(conn, list(starts), known)
-        touched = self._recompute(conn, starts, events, pools)
+        events, earlier = _case_events(conn, list(starts), known)
+        # A case none of whose events precedes the batch has no rows yet (rows are folded
+        # from the index, which the projection is at): only the others' are read.
+        touched = self._recompute(conn, starts, events, pools, held=earlier)
         self._check_caps(conn, touched, events, pools)
         return len(starts)
 
@@ -207,28 +211,33 @@ class Projector:
         events: dict[str, list[Any]],
         pools: dict[str, str],
         caps: dict[str, tuple[list[datetime], list[bool | str]]] | None = None,
+        held: set[str] | None = None,
     ) -> dict[tuple[str, int, str], datetime]:
         """Recomputes each case's rows from its start; returns the hospital-years touched,
-        each with the earliest start."""
-        held = _held(conn, starts)
+        each with the earliest start. `held`: the only cases that may have rows (default all)."""
+        rows_held = _held(conn, starts if held is None else {c: starts[c] for c in held})
         touched: dict[tuple[str, int, str], datetime] = {}
         deletes: list[tuple[str, datetime]] = []
         inserts: list[dict[str, Any]] = []
         for case_id, start in starts.items():
             evs = events.get(case_id, [])
             hospital = _hospital_of(evs)
-            old = held.get(case_id, [])
+            old = rows_held.get(case_id, [])
             new: list[Row] = []
             pool = pools.get(hospital) if hospital is not None else None
             if pool is not None:
                 over_cap, flips = _cap_function(caps.get(case_id) if caps else None)
                 timeline = case_timeline(evs, self.history(conn, pool), start, over_cap, flips)
                 new = rows_from(case_id, start, old, timeline)
-            kept = set(old) & set(new)
-            deletes.extend((r.case_id, r.known_from) for r in old if r not in kept)
-            inserts.extend(r.values() for r in new if r not in kept)
+            if old:
+                kept = set(old) & set(new)
+                deletes.extend((r.case_id, r.known_from) for r in old if r not in kept)
+                inserts.extend(r.values() for r in new if r not in kept)
+            else:
+                inserts.extend(r.values() for r in new)
             for r in (*old, *new):
-                _earliest(touched, (r.figures.pool, r.figures.year, r.figures.hospital_id), start)
+                f = r.figures
+                _earliest(touched, (f.pool, f.year, f.hospital_id), start)
         for i in range(0, len(deletes), _IN):
             conn.execute(delete(table).where(tuple_(table.c.case_id, table.c.known_from).in_(deletes[i : i + _IN])))
         bulk_insert(conn, table, inserts)
@@ -320,7 +329,7 @@ class Projector:
             return
         missing = [c for c in redo if c not in events]
         if missing:
-            events.update(_case_events(conn, missing, {}))
+            events.update(_case_events(conn, missing, {})[0])
         self._recompute(conn, redo, events, pools, answers)
 
 
@@ -365,12 +374,15 @@ def _cases_reached(conn: Connection, event: Any, effect: Any, history: PoolHisto
                  if history.reaches(event, effect, effect.pool, year, hospital_id, drg_code)})
 
 
-def _case_events(conn: Connection, case_ids: list[str], known: dict[int, Any]) -> dict[str, list[Any]]:
-    """Every event of the cases (`CASE_EVENTS`), from the index; `known` by journal position
-    need not be parsed again."""
+def _case_events(
+    conn: Connection, case_ids: list[str], known: dict[int, Any]
+) -> tuple[dict[str, list[Any]], set[str]]:
+    """Every event of the cases (`CASE_EVENTS`), from the index, and the cases with an event
+    not in `known` (by journal position), which are parsed from their bodies."""
     t = index_table
     out: dict[str, list[Any]] = defaultdict(list)
     unknown: list[int] = []
+    earlier: set[str] = set()
     rows = conn.execute(
         select(t.c.seq, t.c.case_id).where(among(conn, t.c.case_id, case_ids), t.c.event_type.in_(sorted(CASE_EVENTS)))
     )
@@ -378,6 +390,7 @@ def _case_events(conn: Connection, case_ids: list[str], known: dict[int, Any]) -
         ev = known.get(seq)
         if ev is None:
             unknown.append(seq)
+            earlier.add(case_id)
         else:
             out[case_id].append(ev)
     if unknown:  # bodies only of those not in hand
@@ -385,15 +398,17 @@ def _case_events(conn: Connection, case_ids: list[str], known: dict[int, Any]) -
             select(t.c.case_id, t.c.event_type, t.c.body).where(among(conn, t.c.seq, unknown))
         ):
             out[case_id].append(_parse_stored(event_type, body))
-    return out
+    return out, earlier
 
 
 def _held(conn: Connection, starts: dict[str, datetime]) -> dict[str, list[Row]]:
     """Each case's rows held at or after its start, and the one held just before it."""
+    out: dict[str, list[Row]] = defaultdict(list)
+    if not starts:
+        return out
     t = table
     ids = list(starts)
     earliest = min(starts.values())
-    out: dict[str, list[Row]] = defaultdict(list)
     rows = conn.execute(
         select(t).where(among(conn, t.c.case_id, ids), or_(t.c.known_until.is_(None), t.c.known_until >= earliest))
     )

@@ -76,7 +76,7 @@ def coefficient_for(case: CaseSubmitted, hospital_id: str, grade: Grade, book: P
     if change is not None:
         return Coefficient(change.value, "coefficient_change:hospital+drg", change.cite())
     catalogue = book.catalogue(on)
-    if catalogue is not None and catalogue.value.may_match(case.drg_code):
+    if catalogue is not None:
         hit = catalogue.value.match(case.drg_code, case.procedure_codes, grade)
         if hit is not None:
             cite = catalogue.cite() | {
@@ -96,16 +96,6 @@ def coefficient_without_catalogue(case: CaseSubmitted, hospital_id: str, grade: 
     3. CoefficientChanged for this DRG code and grade; 4. CoefficientChanged for this hospital;
     5. the `coefficients` component, hospital's own value else its grade's.
     """
-    # It reads the case's DRG group and discharge date only: resolved once per book and key,
-    # a copy each time (as `_cite`).
-    key = ("c0", hospital_id, case.drg_code, grade, case.discharge_date)
-    found: Coefficient | None = book._cache.get(key)
-    if found is None:
-        found = book._cache[key] = _coefficient_without_catalogue(case, hospital_id, grade, book)
-    return Coefficient(found.value, found.source, dict(found.cite))
-
-
-def _coefficient_without_catalogue(case: CaseSubmitted, hospital_id: str, grade: Grade, book: PolicyBook) -> Coefficient:
     on = case.discharge_date
     change = book.coefficient_change("drg_grade", (case.drg_code, grade), on)
     if change is not None:

@@ -142,7 +142,7 @@ def rows_from(
     """The case's rows from `start` on: `held` are its rows still held at or after `start`
     and the one held just before it, which is cut at `start`, or extended when nothing changed."""
     out: list[Row] = []
-    before = [r for r in held if r.known_from < start]
+    before = [r for r in held if r.known_from < start] if held else held
     segments = [(m, timeline[i + 1][0] if i + 1 < len(timeline) else None, f) for i, (m, f) in enumerate(timeline)]
     if before:
         (prev,) = before
@@ -219,6 +219,7 @@ class Projector:
         touched: dict[tuple[str, int, str], datetime] = {}
         deletes: list[tuple[str, datetime]] = []
         inserts: list[dict[str, Any]] = []
+        histories: dict[str, PoolHistory] = {}
         for case_id, start in starts.items():
             evs = events.get(case_id, [])
             hospital = _hospital_of(evs)
@@ -226,8 +227,11 @@ class Projector:
             new: list[Row] = []
             pool = pools.get(hospital) if hospital is not None else None
             if pool is not None:
+                history = histories.get(pool)
+                if history is None:
+                    history = histories[pool] = self.history(conn, pool)
                 over_cap, flips = _cap_function(caps.get(case_id) if caps else None)
-                timeline = case_timeline(evs, self.history(conn, pool), start, over_cap, flips)
+                timeline = case_timeline(evs, history, start, over_cap, flips)
                 new = rows_from(case_id, start, old, timeline)
             if old:
                 kept = set(old) & set(new)
@@ -301,36 +305,49 @@ class Projector:
             for m, d in deltas[key]:
                 change[m] += d
             n = live_at_start[key]
-            by_case: dict[str, list[bool | str]] = defaultdict(list)
+            case_ids = list(dict.fromkeys(r.case_id for r in rows))
+            entry = {id(r): (*r.figures.approved, r.case_id, r.figures.discharge_date) for r in rows}  # type: ignore[misc]
+            # Only the moments at which some answer moves are kept: between them the answers,
+            # and so the rows found wrong, are those of the moment before.
+            kept: list[datetime] = []
+            by_case: dict[str, list[bool | str]] = {case_id: [] for case_id in case_ids}
+            before: tuple[list[Row], dict[str, bool | str]] | None = None
             for m in moments:
                 if m > start:
                     n += change.get(m, 0)
                 live = [r for r in rows if r.known_from <= m and (r.known_until is None or r.known_until > m)]
                 book, hospitals = history.at(m)
                 hospital = hospitals.get(hospital_id)
-                entries = [(*r.figures.approved, r.case_id, r.figures.discharge_date) for r in live]  # type: ignore[misc]
                 answer: dict[str, bool | str] = {}
-                if hospital is not None and entries:
+                if hospital is not None and live:
                     try:
-                        beyond, _ = incentive_over_cap(entries, n, hospital, book)
+                        beyond, _ = incentive_over_cap([entry[id(r)] for r in live], n, hospital, book)
                         answer = {r.case_id: r.case_id in beyond for r in live}
                     except PolicyMissing as exc:
                         answer = {r.case_id: str(exc) for r in live}
+                if before is not None and answer == before[1] and _same(live, before[0]):
+                    continue
+                before = (live, answer)
                 for r in live:
                     want = answer.get(r.case_id, False)
                     got: bool | str = r.figures.error if r.figures.over_cap is None and r.figures.error else bool(r.figures.over_cap)
                     if want != got:
                         _earliest(redo, r.case_id, max(m, start))
-                for case_id in {r.case_id for r in rows}:
+                kept.append(m)
+                for case_id in case_ids:
                     by_case[case_id].append(answer.get(case_id, False))
             for case_id, values in by_case.items():
-                answers[case_id] = (moments, values)
+                answers[case_id] = (kept, values)
         if not redo:
             return
         missing = [c for c in redo if c not in events]
         if missing:
             events.update(_case_events(conn, missing, {})[0])
         self._recompute(conn, redo, events, pools, answers)
+
+
+def _same(a: list[Row], b: list[Row]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
 def _earliest(d: dict[Any, datetime], key: Any, moment: datetime) -> None:
@@ -354,6 +371,8 @@ def _hospital_of(events: list[Any]) -> str | None:
     subs = [e for e in events if e.event_type == EventType.CASE_SUBMITTED]
     if not subs:
         return None
+    if len(subs) == 1:
+        return str(subs[0].payload.hospital_id)
     return str(max(subs, key=lambda e: (e.payload.revision, e.recorded_at, e.event_id)).payload.hospital_id)
 
 

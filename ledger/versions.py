@@ -23,7 +23,7 @@ from typing import Any
 
 from ledger.cases import CaseState, case_states, known, registry
 from ledger.catalogue import Catalogue
-from ledger.clearing import approved_entry, settle_case
+from ledger.clearing import ZERO, approved_entry, settle_case
 from ledger.events import Component, EventType, HospitalRegistered, Outcome
 from ledger.impact import Impact, impact
 from ledger.policy import PolicyBook
@@ -69,11 +69,18 @@ class PoolHistory:
             self.at_moment.setdefault(e.recorded_at, []).append((e, impact(e)))
         self._resolved: dict[int, tuple[PolicyBook, dict[str, HospitalRegistered]]] = {}
         self.catalogues = [Catalogue(e.payload.body) for e in self.events if _is_catalogue(e)]
+        # The history never changes once built (the projector builds a new one when a pool
+        # event is added), so its answers per DRG group and per case kind are kept.
+        self._may_change: dict[str, bool] = {}
+        self._touches: dict[tuple[datetime, str, int, str, str], bool] = {}
 
     def catalogue_may_change(self, drg_code: str) -> bool:
         """Whether any catalogue version of the pool can match a case of `drg_code`: only then
         can a catalogue publication change its coefficient (RULES.md 3 step 2, seed 000 三(三))."""
-        return any(c.may_match(drg_code) for c in self.catalogues)
+        found = self._may_change.get(drg_code)
+        if found is None:
+            found = self._may_change[drg_code] = any(c.may_match(drg_code) for c in self.catalogues)
+        return found
 
     def reaches(self, event: Any, effect: Impact, pool: str, year: int, hospital_id: str, drg_code: str) -> bool:
         """Whether `event` can change a case of `hospital_id` / `drg_code` discharged in `year`."""
@@ -104,8 +111,13 @@ class PoolHistory:
         found = self.at_moment.get(moment, ())
         if figures is None:
             return any(e.event_type == EventType.HOSPITAL_REGISTERED for e, _ in found)
-        return any(self.reaches(e, effect, figures.pool, figures.year, figures.hospital_id, figures.drg_code)
-                   for e, effect in found)
+        key = (moment, figures.pool, figures.year, figures.hospital_id, figures.drg_code)
+        answer = self._touches.get(key)
+        if answer is None:
+            answer = self._touches[key] = any(
+                self.reaches(e, effect, figures.pool, figures.year, figures.hospital_id, figures.drg_code)
+                for e, effect in found)
+        return answer
 
 
 def _is_catalogue(event: Any) -> bool:
@@ -126,29 +138,63 @@ def figures_at(
 ) -> CaseFigures | None:
     """The case's figures as known at `moment`, or None when it is not then a live case of
     the pool (not yet submitted, withdrawn, or its hospital not yet registered)."""
+    return _Pricer(pool, over_cap).figures(_state_at(case_events, moment), moment)
+
+
+def _state_at(case_events: list[Any], moment: datetime) -> CaseState | None:
+    """The case's state as known at `moment` (`ledger.cases`), None before its submission."""
     states = case_states(known(case_events, moment))
     if not states:
         return None
     (state,) = states.values()
-    if state.withdrawn:
-        return None
-    book, hospitals = pool.at(moment)
-    case = state.case
-    hospital = hospitals.get(case.hospital_id)
-    if hospital is None:
-        return None
-    approved = _approval(state)
-    beyond: bool | str = over_cap(moment) if approved is not None else False
-    base = dict(pool=pool.pool, year=case.discharge_date.year, hospital_id=case.hospital_id, drg_code=case.drg_code,
-                discharge_date=case.discharge_date, personal_paid=case.personal_paid, approved=approved)
-    if isinstance(beyond, str):
-        return CaseFigures(settled=Decimal(0), deducted=None, over_cap=None, error=beyond, **base)
-    try:
-        sc = settle_case(state, hospital, book, beyond)
-    except LookupError as exc:  # PolicyMissing: the clearing fails as the replay's does
-        return CaseFigures(settled=Decimal(0), deducted=None, over_cap=beyond, error=str(exc), **base)
-    deducted = sc.deducted if sc.penalty is not None else None
-    return CaseFigures(settled=sc.settled, deducted=deducted, over_cap=beyond, **base)
+    return state
+
+
+class _Pricer:
+    """Prices one case's states at moments of a pool's history, settling again only when
+    something `settle_case` reads changed since the last moment: the state, the policy
+    book, the hospital's registration or the cap's answer (all immutable once made)."""
+
+    __slots__ = ("pool", "over_cap", "_inputs", "_figures")
+
+    def __init__(self, pool: PoolHistory, over_cap: OverCap) -> None:
+        self.pool, self.over_cap = pool, over_cap
+        self._inputs: tuple[Any, ...] = ()
+        self._figures: CaseFigures | None = None
+
+    def figures(self, state: CaseState | None, moment: datetime) -> CaseFigures | None:
+        if state is None or state.withdrawn:
+            return None
+        book, hospitals = self.pool.at(moment)
+        case = state.case
+        hospital = hospitals.get(case.hospital_id)
+        if hospital is None:
+            return None
+        approved = _approval(state)
+        beyond: bool | str = self.over_cap(moment) if approved is not None else False
+        inputs = self._inputs
+        if inputs and inputs[0] is state and inputs[1] is book and inputs[2] is hospital and inputs[3] == beyond:
+            return self._figures
+        found = self._priced(state, book, hospital, approved, beyond)
+        self._inputs, self._figures = (state, book, hospital, beyond), found
+        return found
+
+    def _priced(
+        self, state: CaseState, book: PolicyBook, hospital: HospitalRegistered, approved: tuple[datetime, str] | None,
+        beyond: bool | str,
+    ) -> CaseFigures:
+        case = state.case
+        pool, year, hid, drg, discharge, personal = (
+            self.pool.pool, case.discharge_date.year, case.hospital_id, case.drg_code, case.discharge_date,
+            case.personal_paid)
+        if isinstance(beyond, str):
+            return CaseFigures(pool, year, hid, drg, discharge, ZERO, None, personal, approved, None, beyond)
+        try:
+            sc = settle_case(state, hospital, book, beyond)
+        except LookupError as exc:  # PolicyMissing: the clearing fails as the replay's does
+            return CaseFigures(pool, year, hid, drg, discharge, ZERO, None, personal, approved, beyond, str(exc))
+        deducted = sc.deducted if sc.penalty is not None else None
+        return CaseFigures(pool, year, hid, drg, discharge, sc.settled, deducted, personal, approved, beyond)
 
 
 def _approval(state: CaseState) -> tuple[datetime, str] | None:
@@ -171,16 +217,24 @@ def case_timeline(
 
     Moments looked at: `start`, each later recording of one of the case's events, of a pool
     event whose impact reaches the case as then held, and `flips`; only those can change it.
+    The case's state is folded again only at its own events' moments: in between, the events
+    known of it are the same.
     """
     own = {e.recorded_at for e in case_events if e.recorded_at > start}
     flip_set = {m for m in flips if m > start}
-    candidates = sorted(own | flip_set | set(pool.after(start)))
-    current = figures_at(case_events, pool, start, over_cap)
+    after = pool.after(start)
+    candidates = sorted(own | flip_set | set(after)) if own or flip_set else after
+    pricer = _Pricer(pool, over_cap)
+    state = _state_at(case_events, start)
+    current = pricer.figures(state, start)
     out: list[tuple[datetime, CaseFigures | None]] = [(start, current)]
     for m in candidates:
-        if m not in own and m not in flip_set and not pool.touches(m, current):
+        mine = m in own
+        if not mine and m not in flip_set and not pool.touches(m, current):
             continue
-        new = figures_at(case_events, pool, m, over_cap)
+        if mine:
+            state = _state_at(case_events, m)
+        new = pricer.figures(state, m)
         if new != current:
             out.append((m, new))
             current = new

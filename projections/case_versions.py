@@ -96,8 +96,9 @@ table = Table(
 
 def _units(x: Decimal, scale: int) -> int:
     n = x.scaleb(scale)
-    assert n == n.to_integral_value(), x
-    return int(n)
+    i = int(n)
+    assert i == n, x
+    return i
 
 
 def _decimal(n: int, scale: int) -> Decimal:
@@ -116,13 +117,14 @@ class Row:
 
     def values(self) -> dict[str, Any]:
         f = self.figures
+        approved = f.approved
         return {
             "case_id": self.case_id, "known_from": self.known_from, "known_until": self.known_until,
             "pool": f.pool, "year": f.year, "hospital_id": f.hospital_id, "drg_code": f.drg_code,
             "discharge_date": f.discharge_date, "settled": _units(f.settled, POINTS_SCALE),
             "deducted": None if f.deducted is None else _units(f.deducted, POINTS_SCALE),
             "personal_paid": _units(f.personal_paid, MONEY_SCALE),
-            "approved_at": f.approved[0] if f.approved else None, "approved_id": f.approved[1] if f.approved else None,
+            "approved_at": approved[0] if approved else None, "approved_id": approved[1] if approved else None,
             "over_cap": f.over_cap, "error": f.error,
         }
 
@@ -142,7 +144,7 @@ def rows_from(
     """The case's rows from `start` on: `held` are its rows still held at or after `start`
     and the one held just before it, which is cut at `start`, or extended when nothing changed."""
     out: list[Row] = []
-    before = [r for r in held if r.known_from < start]
+    before = [r for r in held if r.known_from < start] if held else held
     segments = [(m, timeline[i + 1][0] if i + 1 < len(timeline) else None, f) for i, (m, f) in enumerate(timeline)]
     if before:
         (prev,) = before
@@ -206,8 +208,10 @@ class Projector:
         if not starts:
             return 0
         known = {seq: ev for seq, ev in batch}
-        events = _case_events(conn, list(starts), known)
-        touched = self._recompute(conn, starts, events, pools)
+        events, earlier = _case_events(conn, list(starts), known)
+        # A case none of whose events precedes the batch has no rows yet (rows are folded
+        # from the index, which the projection is at): only the others' are read.
+        touched = self._recompute(conn, starts, events, pools, held=earlier)
         self._check_caps(conn, touched, events, pools)
         return len(starts)
 
@@ -218,28 +222,37 @@ class Projector:
         events: dict[str, list[Any]],
         pools: dict[str, str],
         caps: dict[str, tuple[list[datetime], list[bool | str]]] | None = None,
+        held: set[str] | None = None,
     ) -> dict[tuple[str, int, str], datetime]:
         """Recomputes each case's rows from its start; returns the hospital-years touched,
-        each with the earliest start."""
-        held = _held(conn, starts)
+        each with the earliest start. `held`: the only cases that may have rows (default all)."""
+        rows_held = _held(conn, starts if held is None else {c: starts[c] for c in held})
         touched: dict[tuple[str, int, str], datetime] = {}
         removed: list[Row] = []
         added: list[Row] = []
+        histories: dict[str, PoolHistory] = {}
         for case_id, start in starts.items():
             evs = events.get(case_id, [])
             hospital = _hospital_of(evs)
-            old = held.get(case_id, [])
+            old = rows_held.get(case_id, [])
             new: list[Row] = []
             pool = pools.get(hospital) if hospital is not None else None
             if pool is not None:
+                history = histories.get(pool)
+                if history is None:
+                    history = histories[pool] = self.history(conn, pool)
                 over_cap, flips = _cap_function(caps.get(case_id) if caps else None)
-                timeline = case_timeline(evs, self.history(conn, pool), start, over_cap, flips)
+                timeline = case_timeline(evs, history, start, over_cap, flips)
                 new = rows_from(case_id, start, old, timeline)
-            kept = set(old) & set(new)
-            removed.extend(r for r in old if r not in kept)
-            added.extend(r for r in new if r not in kept)
+            if old:
+                kept = set(old) & set(new)
+                removed.extend(r for r in old if r not in kept)
+                added.extend(r for r in new if r not in kept)
+            else:
+                added.extend(new)
             for r in (*old, *new):
-                _earliest(touched, (r.figures.pool, r.figures.year, r.figures.hospital_id), start)
+                f = r.figures
+                _earliest(touched, (f.pool, f.year, f.hospital_id), start)
         deletes = [(r.case_id, r.known_from) for r in removed]
         for i in range(0, len(deletes), _IN):
             conn.execute(delete(table).where(tuple_(table.c.case_id, table.c.known_from).in_(deletes[i : i + _IN])))
@@ -269,34 +282,43 @@ class Projector:
             pool, year, hospital_id = key
             history = self.history(conn, pool)
             moments = sorted({start, *cases.changes_after(start), *history.after(start)})
-            by_case: dict[str, list[bool | str]] = defaultdict(list)
+            case_ids = list(dict.fromkeys(r.case_id for r in rows))
+            entry = {id(r): (*r.figures.approved, r.case_id, r.figures.discharge_date) for r in rows}  # type: ignore[misc]
+            # Only the moments at which some answer moves are kept: between them the answers,
+            # and so the rows found wrong, are those of the moment before.
+            kept: list[datetime] = []
+            by_case: dict[str, list[bool | str]] = {case_id: [] for case_id in case_ids}
+            before: tuple[list[Row], dict[str, bool | str]] | None = None
             for m in moments:
                 n = cases.live(m)
                 live = [r for r in rows if r.known_from <= m and (r.known_until is None or r.known_until > m)]
                 book, hospitals = history.at(m)
                 hospital = hospitals.get(hospital_id)
-                entries = [(*r.figures.approved, r.case_id, r.figures.discharge_date) for r in live]  # type: ignore[misc]
                 answer: dict[str, bool | str] = {}
-                if hospital is not None and entries:
+                if hospital is not None and live:
                     try:
-                        beyond, _ = incentive_over_cap(entries, n, hospital, book)
+                        beyond, _ = incentive_over_cap([entry[id(r)] for r in live], n, hospital, book)
                         answer = {r.case_id: r.case_id in beyond for r in live}
                     except PolicyMissing as exc:
                         answer = {r.case_id: str(exc) for r in live}
+                if before is not None and answer == before[1] and _same(live, before[0]):
+                    continue
+                before = (live, answer)
                 for r in live:
                     want = answer.get(r.case_id, False)
                     got: bool | str = r.figures.error if r.figures.over_cap is None and r.figures.error else bool(r.figures.over_cap)
                     if want != got:
                         _earliest(redo, r.case_id, max(m, start))
-                for case_id in {r.case_id for r in rows}:
+                kept.append(m)
+                for case_id in case_ids:
                     by_case[case_id].append(answer.get(case_id, False))
             for case_id, values in by_case.items():
-                answers[case_id] = (moments, values)
+                answers[case_id] = (kept, values)
         if not redo:
             return
         missing = [c for c in redo if c not in events]
         if missing:
-            events.update(_case_events(conn, missing, {}))
+            events.update(_case_events(conn, missing, {})[0])
         self._recompute(conn, redo, events, pools, answers)
 
 
@@ -411,6 +433,10 @@ def _key(r: Row) -> tuple[str, int, str]:
     return (f.pool, f.year, f.hospital_id)
 
 
+def _same(a: list[Row], b: list[Row]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
 def _earliest(d: dict[Any, datetime], key: Any, moment: datetime) -> None:
     if key not in d or moment < d[key]:
         d[key] = moment
@@ -432,6 +458,8 @@ def _hospital_of(events: list[Any]) -> str | None:
     subs = [e for e in events if e.event_type == EventType.CASE_SUBMITTED]
     if not subs:
         return None
+    if len(subs) == 1:
+        return str(subs[0].payload.hospital_id)
     return str(max(subs, key=lambda e: (e.payload.revision, e.recorded_at, e.event_id)).payload.hospital_id)
 
 
@@ -452,12 +480,15 @@ def _cases_reached(conn: Connection, event: Any, effect: Any, history: PoolHisto
                  if history.reaches(event, effect, effect.pool, year, hospital_id, drg_code)})
 
 
-def _case_events(conn: Connection, case_ids: list[str], known: dict[int, Any]) -> dict[str, list[Any]]:
-    """Every event of the cases (`CASE_EVENTS`), from the index; `known` by journal position
-    need not be parsed again."""
+def _case_events(
+    conn: Connection, case_ids: list[str], known: dict[int, Any]
+) -> tuple[dict[str, list[Any]], set[str]]:
+    """Every event of the cases (`CASE_EVENTS`), from the index, and the cases with an event
+    not in `known` (by journal position), which are parsed from their bodies."""
     t = index_table
     out: dict[str, list[Any]] = defaultdict(list)
     unknown: list[int] = []
+    earlier: set[str] = set()
     rows = conn.execute(
         select(t.c.seq, t.c.case_id).where(among(conn, t.c.case_id, case_ids), t.c.event_type.in_(sorted(CASE_EVENTS)))
     )
@@ -465,6 +496,7 @@ def _case_events(conn: Connection, case_ids: list[str], known: dict[int, Any]) -
         ev = known.get(seq)
         if ev is None:
             unknown.append(seq)
+            earlier.add(case_id)
         else:
             out[case_id].append(ev)
     if unknown:  # bodies only of those not in hand
@@ -472,15 +504,17 @@ def _case_events(conn: Connection, case_ids: list[str], known: dict[int, Any]) -
             select(t.c.case_id, t.c.event_type, t.c.body).where(among(conn, t.c.seq, unknown))
         ):
             out[case_id].append(_parse_stored(event_type, body))
-    return out
+    return out, earlier
 
 
 def _held(conn: Connection, starts: dict[str, datetime]) -> dict[str, list[Row]]:
     """Each case's rows held at or after its start, and the one held just before it."""
+    out: dict[str, list[Row]] = defaultdict(list)
+    if not starts:
+        return out
     t = table
     ids = list(starts)
     earliest = min(starts.values())
-    out: dict[str, list[Row]] = defaultdict(list)
     rows = conn.execute(
         select(t).where(among(conn, t.c.case_id, ids), or_(t.c.known_until.is_(None), t.c.known_until >= earliest))
     )

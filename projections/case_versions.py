@@ -71,6 +71,8 @@ POINTS_SCALE, MONEY_SCALE = 4, 2
 exact integers of those units, so sums are exact and fast on both databases."""
 _IN = 900
 _PAGE = 20_000
+_CHUNK = 20_000
+"""Cases recomputed at a time within one batch."""
 
 table = Table(
     NAME,
@@ -208,10 +210,19 @@ class Projector:
         if not starts:
             return 0
         known = {seq: ev for seq, ev in batch}
-        events, earlier = _case_events(conn, list(starts), known)
-        # A case none of whose events precedes the batch has no rows yet (rows are folded
-        # from the index, which the projection is at): only the others' are read.
-        touched = self._recompute(conn, starts, events, pools, held=earlier)
+        ids = list(starts)
+        touched: dict[tuple[str, int, str], datetime] = {}
+        events: dict[str, list[Any]] = {}
+        # A pool event can reach every case of a pool-year (a back-dated catalogue): their
+        # events are read and folded a chunk at a time, so memory stays flat.
+        for i in range(0, len(ids), _CHUNK):
+            chunk = {c: starts[c] for c in ids[i : i + _CHUNK]}
+            found, earlier = _case_events(conn, list(chunk), known)
+            # A case none of whose events precedes the batch has no rows yet (rows are folded
+            # from the index, which the projection is at): only the others' are read.
+            for key, at in self._recompute(conn, chunk, found, pools, held=earlier).items():
+                _earliest(touched, key, at)
+            events = found if len(ids) <= _CHUNK else {}  # the cap check reads again what it needs
         self._check_caps(conn, touched, events, pools)
         return len(starts)
 

@@ -123,16 +123,22 @@ def test_the_projection_at_any_known_at_equals_the_cold_replay(database_kind: st
     # Registrations first: the store refuses a case of a hospital it does not know (EVENTS.md).
     arrivals.sort(key=lambda e: e["event_type"] != "HospitalRegistered")
     # Two writers on one database, taking batches in turn at random: each projector keeps the
-    # cap's rows between its own batches and must drop them when the other has written.
-    with fresh_database(database_kind, tmp_path) as url, LedgerStore(url) as store, LedgerStore(url) as other:
-        at = 0
-        while at < len(arrivals):
-            size = order.randint(1, 6)
-            order.choice([store, other]).ingest(f.lines(*arrivals[at : at + size]), backfill=True, origin=f"batch-{at}")
-            at += size
-        moments = sorted({datetime.fromisoformat(e["recorded_at"]) for e in events})
-        probes = [START + timedelta(hours=order.randint(0, 9500)) for _ in range(6)]
-        check_against_replay(store, [*moments, *probes, datetime.now(UTC)])
+    # cap's rows between its own batches and must drop them when the other has written. The
+    # cases a batch reaches are recomputed in chunks of a drawn size.
+    chunk, case_versions._CHUNK = case_versions._CHUNK, data.draw(st.sampled_from([1, 2, 20_000]))
+    try:
+        with fresh_database(database_kind, tmp_path) as url, LedgerStore(url) as store, LedgerStore(url) as other:
+            at = 0
+            while at < len(arrivals):
+                size = order.randint(1, 6)
+                order.choice([store, other]).ingest(f.lines(*arrivals[at : at + size]), backfill=True,
+                                                    origin=f"batch-{at}")
+                at += size
+            moments = sorted({datetime.fromisoformat(e["recorded_at"]) for e in events})
+            probes = [START + timedelta(hours=order.randint(0, 9500)) for _ in range(6)]
+            check_against_replay(store, [*moments, *probes, datetime.now(UTC)])
+    finally:
+        case_versions._CHUNK = chunk
 
 
 def test_a_back_dated_coefficient_moves_only_the_answers_asked_after_it_was_recorded(database_url: str) -> None:

@@ -354,6 +354,7 @@ def lagging(store: LedgerStore, pool: str | None = None, year: int | None = None
             q = q.where(t.c.year == year)
         pool_years = {(p, int(y)) for p, y in conn.execute(q)} | {(k.pool, k.year) for k in rows}
         out = []
+        seen: dict[int, datetime | None] = {}
         for p, y in sorted(pool_years):
             error = None
             try:
@@ -367,12 +368,18 @@ def lagging(store: LedgerStore, pool: str | None = None, year: int | None = None
                 row = rows.get(key)
                 if row is not None and row.error == error and (error is not None or row.totals == found.get(key.hospital_id, HospitalTotals())):
                     continue
-                since = None if row is None else conn.execute(
-                    select(func.min(index_table.c.ingested_at)).where(index_table.c.seq > row.position)).scalar()
-                if isinstance(since, str):
-                    since = datetime.fromisoformat(since.replace("Z", "+00:00"))
+                since = None if row is None else _accepted_after(conn, row.position, seen)
                 out.append(Lag(key, None if row is None else row.position, head, since))
     return out
+
+
+def _accepted_after(conn: Any, position: int, seen: dict[int, datetime | None]) -> datetime | None:
+    """When the store accepted its first event after `position` (None: none since), asked once
+    per position: a worker's batch stamps every row it writes with the same one."""
+    if position not in seen:
+        since = conn.execute(select(func.min(index_table.c.ingested_at)).where(index_table.c.seq > position)).scalar()
+        seen[position] = datetime.fromisoformat(since.replace("Z", "+00:00")) if isinstance(since, str) else since
+    return seen[position]
 
 
 def lag_bound() -> timedelta:

@@ -450,6 +450,7 @@ def generate(
     seed: int = typer.Option(1, "--seed"),
     pool: str = typer.Option("panzhihua", "--pool"),
     output: Path = typer.Option(..., "-o", "--output"),
+    as_json: bool = JsonOut,
 ) -> None:
     """Write a realistic event file of any size (streamed; bounded memory)."""
     from drg_ledger.generate import generate as run
@@ -458,7 +459,16 @@ def generate(
         task = bar.add_task(f"generate {output.name}", total=cases)
         summary = run(output, cases=cases, hospitals=hospitals, year=year, seed=seed, pool=pool,
                       on_progress=lambda n: bar.update(task, completed=min(n, cases)))
-    console.print(summary)
+    if as_json:
+        emit(summary.as_json())
+        return
+    table = Table("event type", "events", title=f"{output} ({summary.pool} {summary.year}, seed {summary.seed})")
+    for kind, n in sorted(summary.counts.items()):
+        table.add_row(kind, f"{n:,}")
+    table.add_row("all", f"{summary.events:,}", style="bold")
+    console.print(table)
+    console.print(f"{summary.cases:,} cases of {summary.hospitals} hospitals, budget {summary.budget}, "
+                  f"catalogue {summary.catalogue}, {summary.bytes:,} bytes in {summary.seconds:.1f} s")
 
 
 @app.command("policy-file")

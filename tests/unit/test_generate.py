@@ -329,3 +329,24 @@ def test_the_demo_tells_the_catalogue_story_the_same_way_twice(tmp_path: Path) -
     text = console.file.getvalue()
     assert "point value" in text and "ClearingCompleted" in text and "0 duplicates" in text
     assert "0 accepted" in text  # the second run found every event already recorded
+
+
+def test_the_command_writes_what_the_function_writes(tmp_path: Path) -> None:
+    """`drg-ledger generate` as a user types it: the same file as `generate`, its summary as
+    JSON, and as a table of counts without `--json`."""
+    from typer.testing import CliRunner
+
+    from drg_ledger.cli import app
+
+    runner = CliRunner()
+    args = ["generate", "--cases", "200", "--hospitals", "6", "--year", "2020", "--seed", "3"]
+    done = runner.invoke(app, [*args, "-o", str(tmp_path / "cli.jsonl"), "--json"])
+    assert done.exit_code == 0, done.output
+    expected = generate(tmp_path / "fn.jsonl", cases=200, hospitals=6, year=2020, seed=3)
+    assert (tmp_path / "cli.jsonl").read_bytes() == (tmp_path / "fn.jsonl").read_bytes()
+    said = json.loads(done.stdout)
+    assert said["counts"] == expected.counts and said["events"] == expected.events == sum(expected.counts.values())
+    shown = runner.invoke(app, [*args, "-o", str(tmp_path / "again.jsonl")])
+    assert shown.exit_code == 0, shown.output
+    assert "CaseSubmitted" in shown.stdout and f"{expected.events:,}" in shown.stdout
+    assert runner.invoke(app, [*args[:3], "-o", str(tmp_path / "x.jsonl")]).exit_code == 2  # --hospitals missing

@@ -605,17 +605,49 @@ def sums(
         where.append(t.c.discharge_date <= until)
     if hospital_id is not None:
         where.append(t.c.hospital_id == hospital_id)
-    rows = conn.execute(
-        select(
-            t.c.hospital_id, func.count(), func.sum(t.c.settled), func.sum(t.c.deducted), func.sum(t.c.personal_paid),
-            func.count(t.c.error),
-        ).where(*where).group_by(t.c.hospital_id)
-    ).all()
+    rows = _by_hospital(conn, where)
     if any(r[5] for r in rows):
         message = conn.execute(select(t.c.error).where(*where, t.c.error.is_not(None)).order_by(t.c.case_id).limit(1)).scalar()
         raise ClearingError(message)
     out = {hid: _summed(n, settled, deducted, personal) for hid, n, settled, deducted, personal, _ in rows}
     return Sums(out, sum(int(r[1]) for r in rows))
+
+
+def hospital_sums(
+    conn: Connection, pool: str, year: int, known_at: datetime, hospital_ids: Sequence[str] | None = None,
+) -> dict[str, CaseSums | ClearingError]:
+    """Each hospital's case sums over the versions live at `known_at`, or the error of its
+    first case (by id) that cannot be settled as known then: what `sums` would give or raise
+    for that hospital alone. One aggregate for all of them (the running totals' rows, one per
+    hospital, and `running_totals.lagging`'s check of them)."""
+    t = table
+    where = [_scanned(conn, t.c.pool) == pool, t.c.year == year, live_at(known_at)]
+    if hospital_ids is not None:
+        where.append(among(conn, t.c.hospital_id, sorted(set(hospital_ids))))
+    rows = _by_hospital(conn, where)
+    failing = [r[0] for r in rows if r[5]]
+    errors: dict[str, str] = {}
+    if failing:
+        found = conn.execute(
+            select(t.c.hospital_id, t.c.error).where(*where, t.c.error.is_not(None), among(conn, t.c.hospital_id, failing))
+            .order_by(t.c.hospital_id, t.c.case_id)
+        )
+        for hid, message in found:
+            errors.setdefault(hid, message)
+    return {hid: ClearingError(errors[hid]) if hid in errors else _summed(n, settled, deducted, personal)
+            for hid, n, settled, deducted, personal, _ in rows}
+
+
+def _by_hospital(conn: Connection, where: list[Any]) -> list[Any]:
+    """Per hospital among the rows `where` selects: count, settled, deducted, personal paid,
+    and how many cannot be settled (the aggregate behind `sums` and `hospital_sums`)."""
+    t = table
+    return conn.execute(
+        select(
+            t.c.hospital_id, func.count(), func.sum(t.c.settled), func.sum(t.c.deducted), func.sum(t.c.personal_paid),
+            func.count(t.c.error),
+        ).where(*where).group_by(t.c.hospital_id)
+    ).all()
 
 
 def _summed(n: int, settled: int, deducted: int | None, personal: int) -> CaseSums:

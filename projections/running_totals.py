@@ -280,25 +280,37 @@ def recompute(store: LedgerStore, key: Key, known_at: datetime | None = None, la
 
 def recompute_many(store: LedgerStore, keys: Sequence[Key], known_at: datetime | None = None,
                    last: dict[Key, TotalsRow] | None = None) -> list[TotalsRow]:
-    """`recompute` of each of `keys`, in order, on one connection after one position read
-    (a worker's batch asks for every hospital it touched: one catch-up check, not one per key)."""
+    """`recompute` of each of `keys`, in order, after one position read: one aggregate per
+    pool-year (`case_versions.hospital_sums`; a worker's batch asks for every hospital it
+    touched). A hospital with a case that cannot be settled keeps its last figures and the
+    error; the others of its pool-year are computed as usual."""
     from projections import case_versions
 
     known_at = known_at or datetime.now(UTC)
     last = last or {}
     position = case_versions.fresh(store)
     out = []
+    found: dict[Key, Any] = {}
     with store.engine.connect() as conn:
-        for key in keys:
-            stamp = datetime.now(UTC)
-            try:
-                found = case_versions.sums(conn, key.pool, key.year, known_at, hospital_id=key.hospital_id)
-            except (PolicyMissing, ClearingError) as exc:
-                prev = last.get(key)
-                out.append(TotalsRow(key, prev.totals if prev else HospitalTotals(), position, known_at, stamp, str(exc)))
-                continue
-            sums = found.hospitals.get(key.hospital_id)
+        for (pool, year), hospitals in _by_pool_year(keys).items():
+            for h, s in case_versions.hospital_sums(conn, pool, year, known_at, hospitals).items():
+                found[Key(pool, year, h)] = s
+    stamp = datetime.now(UTC)
+    out = []
+    for key in keys:
+        sums = found.get(key)
+        if isinstance(sums, ClearingError):
+            prev = last.get(key)
+            out.append(TotalsRow(key, prev.totals if prev else HospitalTotals(), position, known_at, stamp, str(sums)))
+        else:
             out.append(TotalsRow(key, totals_of(sums) if sums is not None else HospitalTotals(), position, known_at, stamp))
+    return out
+
+
+def _by_pool_year(keys: Iterable[Key]) -> dict[tuple[str, int], list[str]]:
+    out: dict[tuple[str, int], list[str]] = {}
+    for k in keys:
+        out.setdefault((k.pool, k.year), []).append(k.hospital_id)
     return out
 
 
@@ -356,17 +368,16 @@ def lagging(store: LedgerStore, pool: str | None = None, year: int | None = None
         out = []
         seen: dict[int, datetime | None] = {}
         for p, y in sorted(pool_years):
-            error = None
-            try:
-                found = {h: totals_of(s) for h, s in case_versions.sums(conn, p, y, now).hospitals.items()}
-            except ClearingError as exc:
-                found, error = {}, str(exc)
+            found = case_versions.hospital_sums(conn, p, y, now)
             keys = {Key(p, y, h) for h in found} | {k for k in rows if (k.pool, k.year) == (p, y)}
             for key in sorted(keys):
                 if hospitals is not None and key.hospital_id not in hospitals:
                     continue
                 row = rows.get(key)
-                if row is not None and row.error == error and (error is not None or row.totals == found.get(key.hospital_id, HospitalTotals())):
+                sums = found.get(key.hospital_id)
+                error = str(sums) if isinstance(sums, ClearingError) else None
+                if row is not None and row.error == error and (error is not None or row.totals == (
+                        totals_of(sums) if sums is not None else HospitalTotals())):
                     continue
                 since = None if row is None else _accepted_after(conn, row.position, seen)
                 out.append(Lag(key, None if row is None else row.position, head, since))

@@ -134,6 +134,25 @@ def test_totals_that_differ_from_the_store_lag_and_reconcile_fails_beyond_the_bo
         assert lagging(store) == [] and reconcile(store, "panzhihua", 2020, bound=timedelta(0)).ok
 
 
+def test_a_case_that_cannot_be_settled_stops_only_its_own_hospitals_totals(database_url: str) -> None:
+    """The worker's rows and `lagging` read the same per-hospital sums: a case of H002
+    discharged where the case rules have a gap is H002's error (the replay's `PolicyMissing`),
+    H001's totals stand, and neither row lags once written."""
+    from projections.running_totals import Key, create_tables, lagging, recompute_many, upsert
+
+    policies = [policy(c, effective_to="2020-06-30" if c == "case_rules" else None) for c in DEFAULT_BODIES]
+    with LedgerStore(database_url, late_window=WIDE) as store:
+        store.ingest(lines(hospital("H001"), hospital("H002"), *policies,
+                           case("C1"), case("C9", hospital_id="H002", discharge_date="2020-09-01")), origin="file:t.jsonl")
+        create_tables(store.engine)
+        h1, h2 = Key("panzhihua", 2020, "H001"), Key("panzhihua", 2020, "H002")
+        one, two = recompute_many(store, [h1, h2])
+        assert one.error is None and one.totals.cases == 1
+        assert two.error == "no case_rules policy of pool panzhihua in force on 2020-09-01"
+        upsert(store.engine, [one, two])
+        assert lagging(store) == []
+
+
 def test_stream_audit_command_names_the_holes_and_exits_1(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left, bisect_right, insort
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -73,6 +73,8 @@ _IN = 900
 _PAGE = 20_000
 _CHUNK = 20_000
 """Cases recomputed at a time within one batch."""
+_HOSPITALS = 50
+"""Hospital-years whose rows `CapRows` reads in one statement."""
 
 table = Table(
     NAME,
@@ -198,33 +200,33 @@ class Projector:
         return n
 
     def _apply(self, conn: Connection, batch: Sequence[tuple[int, Any]], pools: dict[str, str]) -> int:
-        starts: dict[str, datetime] = {}
+        own: dict[str, datetime] = {}
+        reaching: list[tuple[Any, Any, PoolHistory]] = []
         for _, ev in batch:
             effect = impact(ev)
             if effect.case_id is not None:
                 if ev.event_type in CASE_EVENTS:
-                    _earliest(starts, effect.case_id, ev.recorded_at)
+                    _earliest(own, effect.case_id, ev.recorded_at)
             elif ev.event_type in POOL_HISTORY_TYPES and effect.points and not effect.changes_nothing:
-                for case_id in _cases_reached(conn, ev, effect, self.history(conn, effect.pool)):
-                    _earliest(starts, case_id, ev.recorded_at)
-        if not starts:
-            return 0
+                reaching.append((ev, effect, self.history(conn, effect.pool)))
         known = {seq: ev for seq, ev in batch}
-        ids = list(starts)
         touched: dict[tuple[str, int, str], datetime] = {}
         events: dict[str, list[Any]] = {}
-        # A pool event can reach every case of a pool-year (a back-dated catalogue): their
-        # events are read and folded a chunk at a time, so memory stays flat.
-        for i in range(0, len(ids), _CHUNK):
-            chunk = {c: starts[c] for c in ids[i : i + _CHUNK]}
+        n = 0
+        # A pool event can reach every case of a pool-year (a back-dated catalogue): the
+        # cases are found, read and folded a chunk at a time, so memory stays flat.
+        for chunk in _chunks(conn, own, reaching):
             found, earlier = _case_events(conn, list(chunk), known)
             # A case none of whose events precedes the batch has no rows yet (rows are folded
             # from the index, which the projection is at): only the others' are read.
             for key, at in self._recompute(conn, chunk, found, pools, held=earlier).items():
                 _earliest(touched, key, at)
-            events = found if len(ids) <= _CHUNK else {}  # the cap check reads again what it needs
+            events = found if not n else {}  # the cap check reads again what it needs
+            n += len(chunk)
+        if not n:
+            return 0
         self._check_caps(conn, touched, events, pools)
-        return len(starts)
+        return n
 
     def _recompute(
         self,
@@ -423,19 +425,22 @@ class CapRows:
             if k not in self.keys:
                 missing[(k[0], k[1])].append(k[2])
         for (pool, year), hospitals in missing.items():
-            froms: dict[str, list[int]] = defaultdict(list)
-            untils: dict[str, list[int]] = defaultdict(list)
-            approved: dict[str, list[Row]] = defaultdict(list)
-            for i in range(0, len(hospitals), _IN):
-                where = (t.c.pool == pool, t.c.year == year, t.c.hospital_id.in_(hospitals[i : i + _IN]))
+            # A few hospitals a statement: the driver holds a whole result (psycopg), and one
+            # of 900 hospitals' rows was a third of a province's projection.
+            for i in range(0, len(hospitals), _HOSPITALS):
+                group = hospitals[i : i + _HOSPITALS]
+                froms: dict[str, array] = defaultdict(lambda: array("q"))
+                untils: dict[str, array] = defaultdict(lambda: array("q"))
+                approved: dict[str, list[Row]] = defaultdict(list)
+                where = (t.c.pool == pool, t.c.year == year, t.c.hospital_id.in_(group))
                 for h, kf, ku in conn.execute(select(t.c.hospital_id, t.c.known_from, t.c.known_until).where(*where)):
                     froms[h].append(_us(kf))
                     if ku is not None:
                         untils[h].append(_us(ku))
                 for r in conn.execute(select(t).where(*where, t.c.approved_at.is_not(None))):
                     approved[r.hospital_id].append(Row.of(r))
-            for h in hospitals:
-                self.keys[(pool, year, h)] = HospitalYearRows(froms[h], untils[h], approved[h])
+                for h in group:
+                    self.keys[(pool, year, h)] = HospitalYearRows(froms.pop(h, ()), untils.pop(h, ()), approved[h])
         return {k: self.keys[k] for k in keys}
 
 
@@ -474,21 +479,72 @@ def _hospital_of(events: list[Any]) -> str | None:
     return str(max(subs, key=lambda e: (e.payload.revision, e.recorded_at, e.event_id)).payload.hospital_id)
 
 
-def _cases_reached(conn: Connection, event: Any, effect: Any, history: PoolHistory) -> list[str]:
-    """The cases with a row still held when `event` was recorded, or later, that it can change
-    (`PoolHistory.reaches`: its impact, a catalogue narrowed to the DRG groups it can match)."""
+def _chunks(
+    conn: Connection, own: dict[str, datetime], reaching: list[tuple[Any, Any, PoolHistory]]
+) -> Iterator[dict[str, datetime]]:
+    """The cases a batch recomputes, each with its start, at most `_CHUNK` at a time: those
+    the pool events `reaching` reach (`_reached`, a page at a time) and the batch's own
+    cases (`own`: case id -> its earliest event's recorded_at), each once, from the
+    earliest of its starts."""
+    own = dict(own)
+    if reaching:
+        for page in _reached(conn, reaching):
+            for case_id in page.keys() & own.keys():
+                _earliest(page, case_id, own.pop(case_id))
+            yield page
+    ids = list(own)
+    for i in range(0, len(ids), _CHUNK):
+        yield {c: own[c] for c in ids[i : i + _CHUNK]}
+
+
+def _reached(conn: Connection, reaching: list[tuple[Any, Any, PoolHistory]]) -> Iterator[dict[str, datetime]]:
+    """The cases with a row still held when a pool event of `reaching` was recorded, or later,
+    that it can change (`PoolHistory.reaches`: its impact, a catalogue narrowed to the DRG
+    groups it can match), each with the earliest such event's recorded_at. Read in case-id
+    order, at most `_CHUNK` cases a page: the caller rewrites a page's cases (ids up to the
+    page's last) before the next page is read (ids after it)."""
     t = table
-    moment = event.recorded_at
-    q = select(t.c.case_id, t.c.year, t.c.hospital_id, t.c.drg_code).where(
-        t.c.pool == effect.pool, or_(t.c.known_until.is_(None), t.c.known_until > moment))
+    moment = min(ev.recorded_at for ev, _, _ in reaching)
+    where: list[Any] = [t.c.pool.in_(sorted({effect.pool for _, effect, _ in reaching})),
+                        or_(t.c.known_until.is_(None), t.c.known_until > moment)]
+    if len(reaching) <= 50:  # the database narrows as each event does; Python decides below
+        where.append(or_(*(and_(*_narrowed(ev, effect)) for ev, effect, _ in reaching)))
+    columns = (t.c.case_id, t.c.pool, t.c.year, t.c.hospital_id, t.c.drg_code, t.c.known_until)
+    after: str | None = None
+    while True:
+        q = select(*columns).where(*where, *(() if after is None else (t.c.case_id > after,)))
+        rows = conn.execute(q.order_by(t.c.case_id).limit(_CHUNK + 1)).all()
+        full = len(rows) > _CHUNK
+        if full:  # the page ends with a whole case: the last one's rows are read with the next page
+            last = rows[-1][0]
+            rows = [r for r in rows if r[0] != last]
+            if not rows:  # one case holds more rows than a page
+                rows = conn.execute(select(*columns).where(*where, t.c.case_id == last)).all()
+        page: dict[str, datetime] = {}
+        for case_id, pool, year, hospital_id, drg_code, known_until in rows:
+            for ev, effect, history in reaching:
+                at = ev.recorded_at
+                if (known_until is None or known_until > at) and history.reaches(ev, effect, pool, year, hospital_id, drg_code):
+                    _earliest(page, case_id, at)
+        if page:
+            yield page
+        if not full:
+            return
+        after = rows[-1][0]
+
+
+def _narrowed(event: Any, effect: Any) -> list[Any]:
+    """The rows `event` can reach, as SQL: its pool, still held when it was recorded, its
+    years, hospital and DRG group when it names them (`Impact`)."""
+    t = table
+    c: list[Any] = [t.c.pool == effect.pool, or_(t.c.known_until.is_(None), t.c.known_until > event.recorded_at)]
     if effect.years is not None:
-        q = q.where(t.c.year.between(min(effect.years), max(effect.years)))
+        c.append(t.c.year.between(min(effect.years), max(effect.years)))  # intervals are contiguous
     if effect.hospital_id is not None:
-        q = q.where(t.c.hospital_id == effect.hospital_id)
+        c.append(t.c.hospital_id == effect.hospital_id)
     if effect.drg_code is not None:
-        q = q.where(t.c.drg_code == effect.drg_code)
-    return list({case_id for case_id, year, hospital_id, drg_code in conn.execute(q)
-                 if history.reaches(event, effect, effect.pool, year, hospital_id, drg_code)})
+        c.append(t.c.drg_code == effect.drg_code)
+    return c
 
 
 def _case_events(

@@ -110,6 +110,7 @@ _INDEX = "ledger_index"
 _PENALTIES = "penalties"  # tracking row: journal position up to which penalties are derived
 _PAGE = 5_000  # journal entries per index transaction when catching up
 _ANALYZE_ROWS = 10_000  # index growth before the store refreshes PostgreSQL's statistics itself
+_DERIVATION_CASES = 10_000  # verdicts' cases read and derived at a time (`derive_penalties`)
 
 LATE_WINDOW_ENV = "DRG_LEDGER_LATE_WINDOW_DAYS"
 DEFAULT_LATE_WINDOW = timedelta(days=7)
@@ -819,7 +820,7 @@ class LedgerStore:
                     rows = conn.execute(select(t.c.event_type, t.c.body).where(among(conn, t.c.seq, unread))).all()
             events = [known[seq] for seq, et in positions if seq in known and et != EventType.PENALTY_IMPOSED]
             events += [_parse_stored(et, b) for et, b in rows]
-            appended = self.derive_penalties(self.cases_impacted(events)) if events else 0
+            appended = self.derive_penalties(self.verdict_cases_impacted(events)) if events else 0
             new += appended
             with self._engine.begin() as conn:
                 conn.execute(
@@ -836,39 +837,18 @@ class LedgerStore:
         change: the one impact rule (`ledger.impact`) asked of the index, so it sees the
         cases stored by earlier batches. Events that move money only are left out."""
         t = index_table
-        conditions: list[Any] = []
-        case_ids: set[str] = set()
-        for e in events:
-            effect = impact(e)
-            if effect.case_id is not None:  # its years are the index's to say
-                case_ids.add(effect.case_id)
-                continue
-            if effect.changes_nothing or not effect.points:
-                continue
-            c: list[Any] = [t.c.pool == effect.pool]
-            if effect.years is not None:
-                c.append(t.c.year.between(min(effect.years), max(effect.years)))  # intervals are contiguous
-            if effect.hospital_id is not None:
-                c.append(t.c.hospital_id == effect.hospital_id)
-            conditions.append(and_(*c))
-        ids = sorted(case_ids)
-        if ids:
-            conditions.append(among(self._engine, t.c.case_id, ids))
-        if not conditions:
-            return set()
         found: set[tuple[str, int, str, str]] = set()
         with self._engine.connect() as conn:
-            for i in range(0, len(conditions), 50):
-                rows = conn.execute(
-                    select(t.c.pool, t.c.year, t.c.hospital_id, t.c.case_id)
-                    .where(t.c.event_type == EventType.CASE_SUBMITTED, t.c.pool.is_not(None), or_(*conditions[i : i + 50]))
-                    .distinct()
-                )
+            for where in _impact_conditions(conn, events):
+                rows = conn.execute(select(t.c.pool, t.c.year, t.c.hospital_id, t.c.case_id).where(where).distinct())
                 found.update((pool, year, hospital, case) for pool, year, hospital, case in rows)
         return found
 
-    def cases_impacted(self, events: Iterable[Envelope]) -> set[str]:
-        """The case ids of `impacted(events)`; a case event names its own, no lookup needed."""
+    def verdict_cases_impacted(self, events: Iterable[Envelope]) -> set[str]:
+        """The cases of `impacted(events)` with a verdict, and the cases the case events of
+        `events` name: the only cases a penalty can be derived for (RULES.md 4). Found by
+        the database: a policy version reaches every case of its pool-years, and reading
+        them all (10M at province scale) only to keep the few with a verdict held GBs."""
         named: set[str] = set()
         wider: list[Envelope] = []
         for e in events:
@@ -877,14 +857,25 @@ class LedgerStore:
                 named.add(case_id)
             else:
                 wider.append(e)
-        return named | {case for _, _, _, case in self.impacted(wider)} if wider else named
+        if not wider:
+            return named
+        t = index_table
+        with self._engine.connect() as conn:
+            for where in _impact_conditions(conn, wider):
+                cases = select(t.c.case_id).where(where)
+                named.update(conn.execute(select(t.c.case_id).where(
+                    t.c.event_type == EventType.REVIEW_VERDICT_RECORDED, t.c.case_id.in_(cases)).distinct()).scalars())
+        return named
 
     def derive_penalties(self, case_ids: Iterable[str] | None = None) -> int:
         """Appends the `PenaltyImposed` due for violation verdicts (RULES.md 4; ledger/derivation.py).
 
         Looks at the verdicts on `case_ids` (every verdict when None; `complete_derivations`
         passes the cases the new entries can change, `ledger.impact`); idempotent: ids
-        already recorded are skipped. Returns how many penalties were new.
+        already recorded are skipped. The verdicts' cases are read and derived
+        `_DERIVATION_CASES` at a time (each verdict needs only its case, its hospital's
+        registration and its pool's policy), so memory does not grow with them. Returns how
+        many penalties were new.
         """
         t = index_table
         verdicts = select(t.c.case_id).where(t.c.event_type == EventType.REVIEW_VERDICT_RECORDED)
@@ -897,9 +888,11 @@ class LedgerStore:
         else:
             with self._engine.connect() as conn:
                 found = set(conn.execute(verdicts.distinct()).scalars())
-        if not found:
-            return 0
-        return self.append_system_events(penalty_events(self._derivation_events(sorted(found))))
+        cases = sorted(found)
+        new = 0
+        for i in range(0, len(cases), _DERIVATION_CASES):
+            new += self.append_system_events(penalty_events(self._derivation_events(cases[i : i + _DERIVATION_CASES])))
+        return new
 
     def _derivation_events(self, case_ids: list[str]) -> list[Envelope]:
         """What `penalty_events` reads for `case_ids`, in recording order: their submissions
@@ -1702,6 +1695,33 @@ def among(conn: Connection | Engine, column: Any, values: Sequence[Any]) -> Any:
         return column == any_(literal(list(values), ARRAY(column.type)))
     listed = func.json_each(literal(json.dumps(list(values)))).table_valued("value")
     return column.in_(select(listed.c.value))
+
+
+def _impact_conditions(conn: Connection, events: Iterable[Envelope]) -> list[Any]:
+    """The index's CaseSubmitted rows (of a known pool) whose case `events` can change
+    (`ledger.impact`): a case event its case, a policy version or coefficient change the
+    pool-years it touches, narrowed to its hospital; as a few WHERE clauses, 50 events each."""
+    t = index_table
+    conditions: list[Any] = []
+    case_ids: set[str] = set()
+    for e in events:
+        effect = impact(e)
+        if effect.case_id is not None:  # its years are the index's to say
+            case_ids.add(effect.case_id)
+            continue
+        if effect.changes_nothing or not effect.points:
+            continue
+        c: list[Any] = [t.c.pool == effect.pool]
+        if effect.years is not None:
+            c.append(t.c.year.between(min(effect.years), max(effect.years)))  # intervals are contiguous
+        if effect.hospital_id is not None:
+            c.append(t.c.hospital_id == effect.hospital_id)
+        conditions.append(and_(*c))
+    ids = sorted(case_ids)
+    if ids:
+        conditions.append(among(conn, t.c.case_id, ids))
+    return [and_(t.c.event_type == EventType.CASE_SUBMITTED, t.c.pool.is_not(None), or_(*conditions[i : i + 50]))
+            for i in range(0, len(conditions), 50)]
 
 
 def _insert_ignoring(conn: Connection, table: Table, keys: list[str]) -> Any:

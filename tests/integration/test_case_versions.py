@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
@@ -139,6 +140,43 @@ def test_the_projection_at_any_known_at_equals_the_cold_replay(database_kind: st
             check_against_replay(store, [*moments, *probes, datetime.now(UTC)])
     finally:
         case_versions._CHUNK = chunk
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_the_cases_a_pool_event_reaches_are_read_a_page_at_a_time_each_once(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    # A back-dated coefficient (RULES.md 2) reaches every case of H001: they are read in
+    # case-id order, at most `_CHUNK` a page (a province's catalogue reaches 5M), a case's
+    # rows never split over two pages (C2 holds two rows live after the coefficient, more
+    # than a page of one). BJ11 225.50 x 1.2 = 270.6000 a case (RULES.md 3 type 5).
+    monkeypatch.setattr(case_versions, "_CHUNK", chunk)
+    pages: list[list[str]] = []
+    real = case_versions._reached
+
+    def spy(conn: Any, reaching: Any) -> Any:
+        for page in real(conn, reaching):
+            pages.append(sorted(page))
+            yield page
+
+    monkeypatch.setattr(case_versions, "_reached", spy)
+    cases = ["C1", "C2", "C3", "C4", "C5"]
+    with LedgerStore(database_url) as store:
+        store.ingest(f.lines(f.hospital("H001"), f.budget("100000.00"),
+                             *(f.policy(c) for c in ("drg_table", "coefficients", "case_rules", "penalty_rules",
+                                                     "clearing_rules")),
+                             *(f.case(c) for c in cases),
+                             f.case("C2", revision=2, personal_paid="100", recorded_at="2021-03-01T10:00:00+08:00")),
+                     backfill=True, origin="t")
+        pages.clear()
+        store.ingest(f.lines(f.envelope("CoefficientChanged", {
+            "pool": POOL, "hospital_id": "H001", "coefficient": "1.2", "effective_from": "2020-01-01",
+            "reason": "declared in January"}, event_id="coef-H001", recorded_at="2021-01-20T10:00:00+08:00")),
+            backfill=True, origin="t2")
+        assert all(0 < len(p) <= chunk for p in pages) and [c for p in pages for c in p] == cases
+        for at in (datetime(2021, 2, 1, tzinfo=UTC), datetime(2021, 4, 1, tzinfo=UTC)):
+            assert str(clear_pool(store, POOL, 2020, at).total_points) == "1353.0000"
+        assert str(clear_pool(store, POOL, 2020, datetime(2021, 1, 1, tzinfo=UTC)).total_points) == "1127.5000"
 
 
 def test_a_back_dated_coefficient_moves_only_the_answers_asked_after_it_was_recorded(database_url: str) -> None:

@@ -611,3 +611,31 @@ def _journal_only(database_url: str, envelope: dict[str, Any]) -> None:
 def _rebuilt(store: LedgerStore) -> list[dict[str, Any]]:
     store.rebuild_index()
     return index_rows(store)
+
+
+# --------------------------------------------------------------------------- penalty derivation
+
+
+def test_a_policy_arriving_after_the_verdicts_derives_their_penalties_a_chunk_of_cases_at_a_time(
+    store: LedgerStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RULES.md 4: one penalty per violation verdict, upcoding x4; EVENTS.md "Order of arrival":
+    # the verdicts wait for the policy, which reaches every case of its pool-year. The verdicts'
+    # cases are read `_DERIVATION_CASES` at a time (a province's policy reaches 10M cases).
+    import projections.store as store_module
+
+    monkeypatch.setattr(store_module, "_DERIVATION_CASES", 2)
+    seen: list[int] = []
+    real = store_module.penalty_events
+    monkeypatch.setattr(store_module, "penalty_events",
+                        lambda events: seen.append(sum(e.event_type == "CaseSubmitted" for e in events)) or real(events))
+    points = {"C1": "10", "C2": "20", "C3": "30.5", "C4": "0.25", "C5": "7"}
+    ingest(store, hospital("H001"), *(case(c) for c in points), case("C6"),
+           *(verdict(c, outcome="violation", violation_type="upcoding", violating_points=p) for c, p in points.items()),
+           verdict("C6", outcome="upheld"))
+    assert [e for e in store.load() if e.event_type == "PenaltyImposed"] == []
+    seen.clear()
+    ingest(store, *(policy(c) for c in ("drg_table", "coefficients", "case_rules", "penalty_rules", "clearing_rules")))
+    assert seen == [2, 2, 2]  # C1 C2 | C3 C4 | C5 C6: the cases with a verdict, 2 at a time
+    derived = {e.payload.case_id: str(e.payload.deducted_points) for e in store.load() if e.event_type == "PenaltyImposed"}
+    assert derived == {"C1": "40.0000", "C2": "80.0000", "C3": "122.0000", "C4": "1.0000", "C5": "28.0000"}

@@ -397,13 +397,20 @@ class LedgerStore:
         try:
             # Our tables first: on a new SQLite file this also switches it to WAL, which the
             # journal's own connections would otherwise race to do.
-            with _schema_lock(self._engine):
-                _creating(self._create_tables)
-                if _journal_ready(self._engine):
-                    # Migrated (projections/roles.py): the application role may not CREATE,
-                    # and nothing is missing; the owner's `drg-ledger migrate` creates.
-                    env = {**env, "CREATE_TABLE": "false"}
+            if _store_ready(self._engine):
+                # Nothing is missing (PostgreSQL, one look): no schema lock, nothing created.
+                env = {**env, "CREATE_TABLE": "false"}
                 self._journal = _creating(lambda: Journal(env=env))
+            else:
+                with _schema_lock(self._engine):
+                    _creating(self._create_tables)
+                    with self._engine.connect() as conn:
+                        ready = _journal_ready(conn)
+                    if ready:
+                        # Migrated (projections/roles.py): the application role may not CREATE,
+                        # and nothing is missing; the owner's `drg-ledger migrate` creates.
+                        env = {**env, "CREATE_TABLE": "false"}
+                    self._journal = _creating(lambda: Journal(env=env))
             if heal:
                 self.sync_index()
                 self.catch_up_projection()
@@ -413,12 +420,10 @@ class LedgerStore:
             raise
 
     def _create_tables(self) -> None:
-        from projections import case_versions  # its table is on this metadata
-
         metadata.create_all(self._engine)
         with self._engine.begin() as conn:
             t = tracking_table
-            for name in (_INDEX, _PENALTIES, case_versions.NAME):
+            for name in _tracking_rows():
                 if conn.execute(select(t.c.name).where(t.c.name == name)).first() is None:
                     conn.execute(insert(t).values(name=name, notification_id=0))
 
@@ -1559,16 +1564,40 @@ def _schema_lock(engine: Engine) -> Iterator[None]:
             conn.commit()
 
 
-def _journal_ready(engine: Engine) -> bool:
+def _journal_ready(conn: Connection) -> bool:
     """On PostgreSQL: the journal, its chain, the lock function and the triggers exist."""
+    if conn.dialect.name != "postgresql":
+        return False
+    return bool(conn.execute(text(
+        "SELECT to_regclass('journal_events_chain') IS NOT NULL AND to_regprocedure('journal_events_lock()') "
+        "IS NOT NULL AND (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('journal_events') "
+        "AND NOT tgisinternal) = 3"
+    )).scalar_one())
+
+
+def _tracking_rows() -> tuple[str, ...]:
+    """The rows of `tracking_table`: the index, the penalties derived, the case-points projection."""
+    from projections import case_versions  # its table is on `metadata` too
+
+    return (_INDEX, _PENALTIES, case_versions.NAME)
+
+
+def _store_ready(engine: Engine) -> bool:
+    """On PostgreSQL, whether opening has nothing to create: every table of `metadata`, the
+    tracking rows and the journal (`_journal_ready`) exist. Two queries on one connection
+    instead of the schema lock, `create_all`'s look-ups and the tracking rows one by one."""
     if engine.dialect.name != "postgresql":
         return False
+    rows = _tracking_rows()  # imports the projection, whose table is on `metadata`
+    names = sorted(metadata.tables)
     with engine.connect() as conn:
-        return bool(conn.execute(text(
-            "SELECT to_regclass('journal_events_chain') IS NOT NULL AND to_regprocedure('journal_events_lock()') "
-            "IS NOT NULL AND (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('journal_events') "
-            "AND NOT tgisinternal) = 3"
-        )).scalar_one())
+        present = conn.execute(text(
+            "SELECT count(*) FROM unnest(CAST(:names AS text[])) AS t(name) WHERE to_regclass(quote_ident(t.name)) "
+            "IS NOT NULL"), {"names": names}).scalar_one()
+        if present != len(names) or not _journal_ready(conn):
+            return False
+        t = tracking_table
+        return conn.execute(select(func.count()).select_from(t).where(t.c.name.in_(rows))).scalar_one() == len(rows)
 
 
 def _creating(create: Callable[[], T]) -> T:

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -391,6 +392,9 @@ class LedgerStore:
         self._position = -1  # forces loading the hospital pools on the first sync
         self._analyzed = -1  # index rows when the planner's statistics were last taken
         self._pools: dict[str, str] = {}
+        self._opened: Journal | None = None  # `_journal`
+        self._journal_env = env
+        self._journal_lock = threading.Lock()
         from projections.case_versions import Projector
 
         self._projector = Projector()
@@ -398,9 +402,10 @@ class LedgerStore:
             # Our tables first: on a new SQLite file this also switches it to WAL, which the
             # journal's own connections would otherwise race to do.
             if _store_ready(self._engine):
-                # Nothing is missing (PostgreSQL, one look): no schema lock, nothing created.
-                env = {**env, "CREATE_TABLE": "false"}
-                self._journal = _creating(lambda: Journal(env=env))
+                # Nothing is missing (PostgreSQL, one look): no schema lock, nothing created,
+                # and the journal is opened when first used (`_journal`): a store whose index
+                # has applied the whole journal answers reads without connecting it.
+                self._journal_env = {**env, "CREATE_TABLE": "false"}
             else:
                 with _schema_lock(self._engine):
                     _creating(self._create_tables)
@@ -410,7 +415,7 @@ class LedgerStore:
                         # Migrated (projections/roles.py): the application role may not CREATE,
                         # and nothing is missing; the owner's `drg-ledger migrate` creates.
                         env = {**env, "CREATE_TABLE": "false"}
-                    self._journal = _creating(lambda: Journal(env=env))
+                    self._opened = _creating(lambda: Journal(env=env))
             if heal:
                 self.sync_index()
                 self.catch_up_projection()
@@ -444,9 +449,19 @@ class LedgerStore:
         """The journal itself (the record every table here is rebuilt from)."""
         return self._journal
 
+    @property
+    def _journal(self) -> Journal:
+        """The journal, opened on first use when `__init__` did not need it."""
+        if self._opened is None:
+            with self._journal_lock:
+                if self._opened is None:
+                    env = self._journal_env
+                    self._opened = _creating(lambda: Journal(env=env))
+        return self._opened
+
     def close(self) -> None:
-        if hasattr(self, "_journal"):
-            self._journal.close()
+        if getattr(self, "_opened", None) is not None:
+            self._opened.close()
         self._engine.dispose()
 
     def __enter__(self) -> LedgerStore:
@@ -1059,7 +1074,21 @@ class LedgerStore:
 
     def sync_index(self) -> int:
         """Applies the journal entries the index has not seen yet; returns how many."""
+        if self._opened is None and self._index_current():
+            return 0
         return self._sync([])
+
+    def _index_current(self) -> bool:
+        """Whether the index has applied the journal's last entry, asked of the tables (on
+        PostgreSQL, whose journal table is `journal_events` as in `_journal_ready`): one query
+        instead of opening the journal to read nothing after the index position."""
+        if self._engine.dialect.name != "postgresql":
+            return False
+        with self._engine.connect() as conn:
+            return bool(conn.execute(text(
+                "SELECT coalesce((SELECT max(notification_id) FROM journal_events), 0) <= "
+                f"(SELECT notification_id FROM {tracking_table.name} WHERE name = :name)"
+            ), {"name": _INDEX}).scalar_one())
 
     def catch_up_projection(self) -> int:
         """Brings the case-points projection up to the index (after a crash, or on a store

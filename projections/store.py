@@ -1080,15 +1080,18 @@ class LedgerStore:
 
     def _index_current(self) -> bool:
         """Whether the index has applied the journal's last entry, asked of the tables (on
-        PostgreSQL, whose journal table is `journal_events` as in `_journal_ready`): one query
-        instead of opening the journal to read nothing after the index position."""
+        PostgreSQL, whose journal table is `journal_events` as in `_journal_ready`) instead of
+        opening the journal to read nothing after the index position. Like `_sync`, it takes
+        the index position and, when that moved, the hospitals' pools that `ingest` checks."""
         if self._engine.dialect.name != "postgresql":
             return False
         with self._engine.connect() as conn:
-            return bool(conn.execute(text(
-                "SELECT coalesce((SELECT max(notification_id) FROM journal_events), 0) <= "
-                f"(SELECT notification_id FROM {tracking_table.name} WHERE name = :name)"
-            ), {"name": _INDEX}).scalar_one())
+            position = self._tracked(conn)
+            if position != self._position:
+                self._pools = self.registered_pools(conn)
+                self._position = position
+            head = conn.execute(text("SELECT coalesce(max(notification_id), 0) FROM journal_events")).scalar_one()
+        return int(head) <= position
 
     def catch_up_projection(self) -> int:
         """Brings the case-points projection up to the index (after a crash, or on a store

@@ -12,20 +12,39 @@ import os
 import sys
 from datetime import date, datetime, time, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from drg_ledger import moments
-from ledger.clearing import ClearingError
-from ledger.policy import PolicyMissing
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console()
-err = Console(stderr=True)
+
+
+class _LazyConsole:
+    """rich's Console made on first use: a command that prints JSON never imports rich."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._console: Console | None = None
+
+    def real(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._options)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real(), name)
+
+
+console: Any = _LazyConsole()
+err: Any = _LazyConsole(stderr=True)
 CHINA = moments.CHINA
 
 DatabaseUrl = typer.Option(None, "--database-url", envvar="DRG_LEDGER_DATABASE_URL",
@@ -71,8 +90,16 @@ def emit(data: Any) -> None:
 
 
 def progress(transient: bool = False) -> Progress:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=err, transient=transient)
+                    TimeRemainingColumn(), console=err.real(), transient=transient)
+
+
+def Table(*columns: Any, **options: Any) -> Any:  # noqa: N802 - rich's Table, imported when a command prints one
+    from rich.table import Table as RichTable
+
+    return RichTable(*columns, **options)
 
 
 def fail(code: int, message: str) -> None:
@@ -134,6 +161,8 @@ def clear(
     as_json: bool = JsonOut,
 ) -> None:
     """Year-end clearing of a pool and year (RULES.md 5), read-only unless --record."""
+    from ledger.clearing import ClearingError
+    from ledger.policy import PolicyMissing
     from projections.chain import BrokenEntry
     from projections.queries import clear_pool
 
@@ -185,6 +214,8 @@ def balance(
     as_json: bool = JsonOut,
 ) -> None:
     """A hospital's balance at a date, as the ledger knew it (RULES.md 6)."""
+    from ledger.clearing import ClearingError
+    from ledger.policy import PolicyMissing
     from projections.queries import NotFound, hospital_balance, hospital_pool
 
     day = parse_day(as_of, "--as-of")
@@ -224,6 +255,8 @@ def explain(
     as_json: bool = JsonOut,
 ) -> None:
     """A case's points step by step: policy versions, case type, coefficient and why, verdicts, penalties."""
+    from ledger.clearing import ClearingError
+    from ledger.policy import PolicyMissing
     from projections.queries import NotFound, explain_case
 
     marked = None
@@ -436,8 +469,8 @@ def demo(
     from drg_ledger.demo import run_demo
 
     with open_store(database_url) as store:
-        result = run_demo(store, seed=seed, cases=cases, hospitals=hospitals, console=err if as_json else console,
-                          as_json=as_json)
+        result = run_demo(store, seed=seed, cases=cases, hospitals=hospitals,
+                          console=(err if as_json else console).real(), as_json=as_json)
     if as_json:
         emit(result)
 
@@ -490,7 +523,7 @@ app.add_typer(policy_app, name="policy")
 
 
 def _workbench_defaults() -> Any:
-    from ledger.workbench import SOURCES, DeriveParameters
+    from ledger.workbench_parameters import SOURCES, DeriveParameters
 
     return DeriveParameters(), SOURCES
 
@@ -577,6 +610,8 @@ def policy_derive(
 
     Nothing is written to the store: the draft is a file to what-if, or to `ingest` when published.
     """
+    from ledger.clearing import ClearingError
+    from ledger.policy import PolicyMissing
     from ledger.workbench import DeriveParameters, MiddleTier, WorkbenchError, draft_events, draft_lines
     from projections.window import derive_policy
 
@@ -635,7 +670,7 @@ def policy_derive(
         return
     from drg_ledger.workbench_report import print_report
 
-    print_report(result, console)
+    print_report(result, console.real())
     components = ", ".join(e.payload.component.value for e in events)
     console.print(f"draft: {len(events)} PolicyVersionPublished for {target} ({components}) written to {output}"
                   + (f"; report CSV {csv_file}" if csv_file else "") + "; nothing written to the store")
@@ -776,6 +811,8 @@ def totals(
 ) -> None:
     """Point totals per hospital: the case-points projection's as known at --known-at (default
     now), or with --worker the running totals the stream worker last computed."""
+    from ledger.clearing import ClearingError
+    from ledger.policy import PolicyMissing
     from projections.running_totals import create_tables, read_rows, store_engine
 
     if worker and known_at is not None:
@@ -829,6 +866,8 @@ def reconcile(
     """Compare the case-points projection at each moment, and the running totals now, with a
     cold replay of the journal; check no running total lags the store beyond the bound and no
     consumed record is missing (stream-audit); exit 1 on any difference, lag or hole."""
+    from ledger.clearing import ClearingError
+    from ledger.policy import PolicyMissing
     from projections.running_totals import create_tables, store_engine
     from projections.running_totals import reconcile as run
     from streams.audit import audit as stream_audit
@@ -990,6 +1029,8 @@ def diff(
     as_json: bool = JsonOut,
 ) -> None:
     """What changed between two clearings of a pool-year: pool figures, hospitals, cases."""
+    from ledger.clearing import ClearingError
+    from ledger.policy import PolicyMissing
     from projections.diff import diff_pool_year, export_csv
     from projections.queries import NotFound
 
@@ -1014,7 +1055,7 @@ def diff(
         return
     from drg_ledger.diff_view import render_diff
 
-    render_diff(console, result, limit=limit)
+    render_diff(console.real(), result, limit=limit)
 # --------------------------------------------------------------------------- HTTP service
 
 

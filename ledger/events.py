@@ -317,7 +317,7 @@ SignedTotalMoney = _decimal("-1000000000000000", "1000000000000000", 2, "Yuan su
 class _Model(BaseModel):
     """Frozen, closed: an unknown field is an error that names it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True, defer_build=True)
 
 
 # --------------------------------------------------------------------------- policy bodies
@@ -799,7 +799,7 @@ for _cls in ENVELOPES.values():
 LedgerEvent = Annotated[Union[tuple(ENVELOPES.values())], Field(discriminator="event_type")]  # type: ignore[valid-type]
 """Any event of the contract, told apart by `event_type`."""
 
-EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(LedgerEvent)
+EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(LedgerEvent, config=ConfigDict(defer_build=True))
 
 # --------------------------------------------------------------------------- parsing
 

@@ -158,7 +158,10 @@ def projected_clearing(store: LedgerStore, pool: str, year: int, known_at: datet
     at = case_versions.fresh(store)
     py, pool_events = case_versions.pool_year(store, pool, year, known_at)
     with store.engine.connect() as conn:
-        found = case_versions.sums(conn, pool, year, known_at)
+        # A case's row carries its hospital's registered pool: a pool no hospital was ever
+        # registered in has none to sum (SQLite's sums would scan the whole table to find so).
+        held = pool in store.registered_pools(conn).values()
+        found = case_versions.sums(conn, pool, year, known_at) if held else case_versions.Sums({}, 0)
     basis = Basis(at, found.versions + len(pool_events), _latest_ingested(store, at))
     return replace(clearing_from_sums(py, found.hospitals), basis=basis)
 

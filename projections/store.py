@@ -18,6 +18,7 @@ import json
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -392,19 +393,30 @@ class LedgerStore:
         self._position = -1  # forces loading the hospital pools on the first sync
         self._analyzed = -1  # index rows when the planner's statistics were last taken
         self._pools: dict[str, str] = {}
+        self._opened: Journal | None = None  # `_journal`
+        self._journal_env = env
+        self._journal_lock = threading.Lock()
         from projections.case_versions import Projector
 
         self._projector = Projector()
         try:
             # Our tables first: on a new SQLite file this also switches it to WAL, which the
             # journal's own connections would otherwise race to do.
-            with _schema_lock(self._engine):
-                _creating(self._create_tables)
-                if _journal_ready(self._engine):
-                    # Migrated (projections/roles.py): the application role may not CREATE,
-                    # and nothing is missing; the owner's `drg-ledger migrate` creates.
-                    env = {**env, "CREATE_TABLE": "false"}
-                self._journal = _creating(lambda: Journal(env=env))
+            if _store_ready(self._engine):
+                # Nothing is missing (PostgreSQL, one look): no schema lock, nothing created,
+                # and the journal is opened when first used (`_journal`): a store whose index
+                # has applied the whole journal answers reads without connecting it.
+                self._journal_env = {**env, "CREATE_TABLE": "false"}
+            else:
+                with _schema_lock(self._engine):
+                    _creating(self._create_tables)
+                    with self._engine.connect() as conn:
+                        ready = _journal_ready(conn)
+                    if ready:
+                        # Migrated (projections/roles.py): the application role may not CREATE,
+                        # and nothing is missing; the owner's `drg-ledger migrate` creates.
+                        env = {**env, "CREATE_TABLE": "false"}
+                    self._opened = _creating(lambda: Journal(env=env))
             if heal:
                 self.sync_index()
                 self.catch_up_projection()
@@ -414,12 +426,10 @@ class LedgerStore:
             raise
 
     def _create_tables(self) -> None:
-        from projections import case_versions  # its table is on this metadata
-
         metadata.create_all(self._engine)
         with self._engine.begin() as conn:
             t = tracking_table
-            for name in (_INDEX, _PENALTIES, case_versions.NAME):
+            for name in _tracking_rows():
                 if conn.execute(select(t.c.name).where(t.c.name == name)).first() is None:
                     conn.execute(insert(t).values(name=name, notification_id=0))
 
@@ -440,9 +450,19 @@ class LedgerStore:
         """The journal itself (the record every table here is rebuilt from)."""
         return self._journal
 
+    @property
+    def _journal(self) -> Journal:
+        """The journal, opened on first use when `__init__` did not need it."""
+        if self._opened is None:
+            with self._journal_lock:
+                if self._opened is None:
+                    env = self._journal_env
+                    self._opened = _creating(lambda: Journal(env=env))
+        return self._opened
+
     def close(self) -> None:
-        if hasattr(self, "_journal"):
-            self._journal.close()
+        if getattr(self, "_opened", None) is not None:
+            self._opened.close()
         self._engine.dispose()
 
     def __enter__(self) -> LedgerStore:
@@ -1047,7 +1067,24 @@ class LedgerStore:
 
     def sync_index(self) -> int:
         """Applies the journal entries the index has not seen yet; returns how many."""
+        if self._opened is None and self._index_current():
+            return 0
         return self._sync([])
+
+    def _index_current(self) -> bool:
+        """Whether the index has applied the journal's last entry, asked of the tables (on
+        PostgreSQL, whose journal table is `journal_events` as in `_journal_ready`) instead of
+        opening the journal to read nothing after the index position. Like `_sync`, it takes
+        the index position and, when that moved, the hospitals' pools that `ingest` checks."""
+        if self._engine.dialect.name != "postgresql":
+            return False
+        with self._engine.connect() as conn:
+            position = self._tracked(conn)
+            if position != self._position:
+                self._pools = self.registered_pools(conn)
+                self._position = position
+            head = conn.execute(text("SELECT coalesce(max(notification_id), 0) FROM journal_events")).scalar_one()
+        return int(head) <= position
 
     def catch_up_projection(self) -> int:
         """Brings the case-points projection up to the index (after a crash, or on a store
@@ -1552,16 +1589,40 @@ def _schema_lock(engine: Engine) -> Iterator[None]:
             conn.commit()
 
 
-def _journal_ready(engine: Engine) -> bool:
+def _journal_ready(conn: Connection) -> bool:
     """On PostgreSQL: the journal, its chain, the lock function and the triggers exist."""
+    if conn.dialect.name != "postgresql":
+        return False
+    return bool(conn.execute(text(
+        "SELECT to_regclass('journal_events_chain') IS NOT NULL AND to_regprocedure('journal_events_lock()') "
+        "IS NOT NULL AND (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('journal_events') "
+        "AND NOT tgisinternal) = 3"
+    )).scalar_one())
+
+
+def _tracking_rows() -> tuple[str, ...]:
+    """The rows of `tracking_table`: the index, the penalties derived, the case-points projection."""
+    from projections import case_versions  # its table is on `metadata` too
+
+    return (_INDEX, _PENALTIES, case_versions.NAME)
+
+
+def _store_ready(engine: Engine) -> bool:
+    """On PostgreSQL, whether opening has nothing to create: every table of `metadata`, the
+    tracking rows and the journal (`_journal_ready`) exist. Two queries on one connection
+    instead of the schema lock, `create_all`'s look-ups and the tracking rows one by one."""
     if engine.dialect.name != "postgresql":
         return False
+    rows = _tracking_rows()  # imports the projection, whose table is on `metadata`
+    names = sorted(metadata.tables)
     with engine.connect() as conn:
-        return bool(conn.execute(text(
-            "SELECT to_regclass('journal_events_chain') IS NOT NULL AND to_regprocedure('journal_events_lock()') "
-            "IS NOT NULL AND (SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('journal_events') "
-            "AND NOT tgisinternal) = 3"
-        )).scalar_one())
+        present = conn.execute(text(
+            "SELECT count(*) FROM unnest(CAST(:names AS text[])) AS t(name) WHERE to_regclass(quote_ident(t.name)) "
+            "IS NOT NULL"), {"names": names}).scalar_one()
+        if present != len(names) or not _journal_ready(conn):
+            return False
+        t = tracking_table
+        return conn.execute(select(func.count()).select_from(t).where(t.c.name.in_(rows))).scalar_one() == len(rows)
 
 
 def _creating(create: Callable[[], T]) -> T:

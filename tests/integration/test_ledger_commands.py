@@ -212,3 +212,14 @@ def test_penalty_is_derived_when_the_policy_arrives_after_the_verdict(database_u
     with LedgerStore.open(database_url) as store:
         (penalty,) = [e for e in store.load(case_ids=["C1"]) if e.event_type == "PenaltyImposed"]
     assert penalty.payload.deducted_points == Decimal("80.0000")
+
+
+@pytest.mark.parametrize("pool", ["nosuchpool", "emptypool"])
+def test_a_pool_without_hospitals_clears_as_the_cold_replay_does(loaded: str, tmp_path: Path, pool: str) -> None:
+    # The projection skips summing a pool no hospital is registered in (projections/queries.py
+    # `projected_clearing`): the answer, here an error and its exit code, is the replay's.
+    data(run(loaded, "ingest", "--backfill", str(write(tmp_path, "budget.jsonl", f.budget("5000", pool="emptypool")))))
+    projected = run(loaded, "clear", "--pool", pool, "--year", "2020", "--known-at", AFTER)
+    cold = run(loaded, "clear", "--pool", pool, "--year", "2020", "--known-at", AFTER, "--cold")
+    assert (projected.exit_code, projected.output) == (cold.exit_code, cold.output)
+    assert projected.exit_code == 4, projected.output

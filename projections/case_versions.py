@@ -54,7 +54,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from ledger.cases import CASE_EVENTS
-from ledger.clearing import CaseSums, ClearingError, incentive_over_cap
+from ledger.clearing import CaseSums, ClearingError, cap_dates, incentive_cap, incentive_over_cap
 from ledger.events import EventType
 from ledger.impact import impact
 from ledger.policy import PolicyMissing
@@ -300,11 +300,16 @@ class Projector:
             kept: list[datetime] = []
             by_case: dict[str, list[bool | str]] = {case_id: [] for case_id in case_ids}
             before: tuple[list[Row], dict[str, bool | str]] | None = None
+            last: _CapInputs | None = None  # what the answer of the last moment computed read
             for m in moments:
                 n = cases.live(m)
                 live = [r for r in rows if r.known_from <= m and (r.known_until is None or r.known_until > m)]
                 book, hospitals = history.at(m)
                 hospital = hospitals.get(hospital_id)
+                inputs = _CapInputs.of(live, book, hospital, n, last)
+                if inputs.same_answer(last):
+                    continue  # the answer of the moment before, which `before` holds already
+                last = inputs
                 answer: dict[str, bool | str] = {}
                 if hospital is not None and live:
                     try:
@@ -437,6 +442,41 @@ class CapRows:
             for h in hospitals:
                 self.keys[(pool, year, h)] = HospitalYearRows(froms[h], untils[h], approved[h])
         return {k: self.keys[k] for k in keys}
+
+
+@dataclass(frozen=True, slots=True)
+class _CapInputs:
+    """What `incentive_over_cap` reads at one moment of a hospital-year (seed 001 二(二)): the
+    approved live rows, the policy book, the registration, the live count, and the caps it
+    gives (`caps` None: cannot be said, `PolicyMissing`). Two moments with the same rows,
+    book, registration and caps have the same answer: the moments in between need no sort."""
+
+    live: list[Row]
+    book: Any
+    hospital: Any
+    n: int
+    dates: list[date]
+    caps: tuple[int | None, ...] | None
+
+    @classmethod
+    def of(cls, live: list[Row], book: Any, hospital: Any, n: int, last: _CapInputs | None) -> _CapInputs:
+        if hospital is None or not live:
+            return cls(live, book, hospital, n, [], ())
+        try:
+            if last is not None and last.book is book and _same(live, last.live):
+                dates = last.dates
+            else:
+                dates = cap_dates(book, (r.figures.discharge_date for r in live))
+            caps = tuple(incentive_cap(n, hospital, book, d) for d in dates)
+        except PolicyMissing:
+            return cls(live, book, hospital, n, [], None)
+        return cls(live, book, hospital, n, dates, caps)
+
+    def same_answer(self, last: _CapInputs | None) -> bool:
+        return (
+            last is not None and self.book is last.book and self.hospital is last.hospital and _same(self.live, last.live)
+            and (self.n == last.n or (self.caps is not None and self.caps == last.caps))
+        )
 
 
 def _key(r: Row) -> tuple[str, int, str]:

@@ -292,7 +292,18 @@ class Projector:
                 continue
             pool, year, hospital_id = key
             history = self.history(conn, pool)
-            moments = sorted({start, *cases.changes_after(start), *history.after(start)})
+            # Moments in microseconds: the live count's changes, the pool's events, `start`.
+            # Only at a `bound` (the start, a pool event, an approved row opening or closing)
+            # can the approved rows or the book change; between bounds only the live count does.
+            start_us = _us(start)
+            changes = cases.changes_after(start_us)
+            pool_moments = {_us(h): h for h in history.after(start)}
+            moments = sorted({start_us, *changes, *pool_moments})
+            bounds = {start_us, *pool_moments}
+            for r in rows:
+                bounds.add(_us(r.known_from))
+                if r.known_until is not None:
+                    bounds.add(_us(r.known_until))
             case_ids = list(dict.fromkeys(r.case_id for r in rows))
             entry = {id(r): (*r.figures.approved, r.case_id, r.figures.discharge_date) for r in rows}  # type: ignore[misc]
             # Only the moments at which some answer moves are kept: between them the answers,
@@ -301,8 +312,12 @@ class Projector:
             by_case: dict[str, list[bool | str]] = {case_id: [] for case_id in case_ids}
             before: tuple[list[Row], dict[str, bool | str]] | None = None
             last: _CapInputs | None = None  # what the answer of the last moment computed read
-            for m in moments:
-                n = cases.live(m)
+            for x in moments:
+                n = cases.live(x)
+                if last is not None and x not in bounds and last.same_caps(n):
+                    continue  # the rows, book and registration of `last`, and the same caps
+                # The moment as a datetime, as a set of the three kinds would keep it.
+                m = start if x == start_us else (_EPOCH + x * _US if x in changes else pool_moments[x])
                 live = [r for r in rows if r.known_from <= m and (r.known_until is None or r.known_until > m)]
                 book, hospitals = history.at(m)
                 hospital = hospitals.get(hospital_id)
@@ -355,16 +370,14 @@ class HospitalYearRows:
         self.untils = array("q", sorted(untils))
         self.approved = {(r.case_id, r.known_from): r for r in approved}
 
-    def live(self, m: datetime) -> int:
-        """How many rows are held at `m` (known_from <= m < known_until): the live cases."""
-        at = _us(m)
+    def live(self, at: int) -> int:
+        """How many rows are held at `at` microseconds since the epoch (known_from <= at <
+        known_until): the live cases."""
         return bisect_right(self.froms, at) - bisect_right(self.untils, at)
 
-    def changes_after(self, start: datetime) -> list[datetime]:
-        """The moments after `start` at which the live count can change."""
-        at = _us(start)
-        found = {*self.froms[bisect_right(self.froms, at):], *self.untils[bisect_right(self.untils, at):]}
-        return [_EPOCH + x * _US for x in found]
+    def changes_after(self, at: int) -> set[int]:
+        """The moments after `at` (microseconds since the epoch) at which the live count can change."""
+        return {*self.froms[bisect_right(self.froms, at):], *self.untils[bisect_right(self.untils, at):]}
 
     def approved_after(self, start: datetime) -> list[Row]:
         return [r for r in self.approved.values() if r.known_until is None or r.known_until > start]
@@ -472,6 +485,15 @@ class _CapInputs:
             return cls(live, book, hospital, n, [], None)
         return cls(live, book, hospital, n, dates, caps)
 
+    def same_caps(self, n: int) -> bool:
+        """Whether a live count of `n`, with these rows, book and registration, gives the same
+        caps (and so the same answer)."""
+        if n == self.n:
+            return True
+        if self.caps is None:
+            return False
+        return tuple(incentive_cap(n, self.hospital, self.book, d) for d in self.dates) == self.caps
+
     def same_answer(self, last: _CapInputs | None) -> bool:
         return (
             last is not None and self.book is last.book and self.hospital is last.hospital and _same(self.live, last.live)
@@ -540,10 +562,12 @@ def _case_events(
     out: dict[str, list[Any]] = defaultdict(list)
     unknown: list[int] = []
     earlier: set[str] = set()
-    rows = conn.execute(
-        select(t.c.seq, t.c.case_id).where(among(conn, t.c.case_id, case_ids), t.c.event_type.in_(sorted(CASE_EVENTS)))
-    )
-    for seq, case_id in rows:
+    # By case id alone, the types kept here: with `event_type IN (...)` in the statement,
+    # SQLite searched the event-type index, every case event of the store for each batch.
+    rows = conn.execute(select(t.c.seq, t.c.case_id, t.c.event_type).where(among(conn, t.c.case_id, case_ids)))
+    for seq, case_id, event_type in rows:
+        if event_type not in CASE_EVENTS:
+            continue
         ev = known.get(seq)
         if ev is None:
             unknown.append(seq)

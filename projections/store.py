@@ -47,7 +47,6 @@ from sqlalchemy import (
     TypeDecorator,
     and_,
     any_,
-    cast,
     delete,
     event,
     func,
@@ -1701,14 +1700,7 @@ def among(conn: Connection | Engine, column: Any, values: Sequence[Any]) -> Any:
     PostgreSQL, `IN (SELECT value FROM json_each(...))` on SQLite. One statement text for
     every length (an IN list is a new statement to plan per length and per 900 values)."""
     if conn.dialect.name == "postgresql":
-        listed = list(values)
-        if all(type(v) is str for v in listed):  # one text in array syntax: psycopg dumps a list value by value
-            quoted = ",".join(['"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in listed])
-        elif all(type(v) is int for v in listed):
-            quoted = ",".join(map(str, listed))
-        else:
-            return column == any_(literal(listed, ARRAY(column.type)))
-        return column == any_(cast(literal("{" + quoted + "}"), ARRAY(column.type)))
+        return column == any_(literal(list(values), ARRAY(column.type)))
     listed = func.json_each(literal(json.dumps(list(values)))).table_valued("value")
     return column.in_(select(listed.c.value))
 

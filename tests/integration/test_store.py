@@ -611,24 +611,3 @@ def _journal_only(database_url: str, envelope: dict[str, Any]) -> None:
 def _rebuilt(store: LedgerStore) -> list[dict[str, Any]]:
     store.rebuild_index()
     return index_rows(store)
-
-
-def test_among_matches_exactly_the_values_given_whatever_their_characters(database_url: str) -> None:
-    """`among` (one bound array on PostgreSQL, json_each on SQLite) finds the rows whose column
-    is one of the values, for text that array syntax or JSON must escape, and for integers."""
-    from sqlalchemy import Column, Integer, MetaData, String, Table, insert
-
-    from projections.store import among
-
-    odd = ['a"b', "c\\d", "e,f", "{g}", " h ", "NULL", "", "病例\u2028", "x" * 40, 'q\\"r']
-    meta = MetaData()
-    t = Table("among_probe", meta, Column("n", Integer, primary_key=True), Column("s", String(40)))
-    with LedgerStore(database_url) as store:
-        meta.create_all(store.engine)
-        with store.engine.begin() as conn:
-            conn.execute(insert(t), [{"n": i, "s": s} for i, s in enumerate([*odd, "plain", "other"])])
-            wanted = [*odd[::2], "absent", 'a"', "c\\\\d"]
-            found = set(conn.execute(select(t.c.s).where(among(conn, t.c.s, wanted))).scalars())
-            assert found == set(odd[::2])
-            assert set(conn.execute(select(t.c.n).where(among(conn, t.c.n, [1, 3, 99]))).scalars()) == {1, 3}
-            assert set(conn.execute(select(t.c.n).where(among(conn, t.c.s, []))).scalars()) == set()

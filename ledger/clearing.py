@@ -179,6 +179,17 @@ def incentive_cap(live_cases: int, hospital: HospitalRegistered, book: PolicyBoo
     return int((Decimal(live_cases) * per_mille / 1000).to_integral_value(rounding=ROUND_FLOOR))
 
 
+def cap_dates(book: PolicyBook, discharges: Iterable[date]) -> list[date]:
+    """One of `discharges` per case-rules version in force on them, in order of first use:
+    `incentive_cap` reads a case's discharge date only through that version (seed 001
+    二(二)), so at a given live count every case has the cap of its version's date here.
+    Raises `PolicyMissing` as `incentive_cap` does."""
+    seen: dict[int, date] = {}
+    for d in discharges:
+        seen.setdefault(id(book.case_rules(d)), d)
+    return list(seen.values())
+
+
 def incentive_over_cap(
     approved: Iterable[Approved], live_cases: int, hospital: HospitalRegistered, book: PolicyBook
 ) -> tuple[set[str], int | None]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -64,6 +64,9 @@ class PoolHistory:
         self.pool = pool
         self.events = sorted((e for e in events if e.event_type in POOL_HISTORY_TYPES), key=lambda e: e.recorded_at)
         self.moments: list[datetime] = sorted({e.recorded_at for e in self.events})
+        # The same moments as microseconds since the epoch: `at` and `after` bisect these
+        # (comparing two datetimes of pydantic's zones asks both for their offsets).
+        self._instants = [_instant(m) for m in self.moments]
         self.at_moment: dict[datetime, list[tuple[Any, Impact]]] = {}
         for e in self.events:
             self.at_moment.setdefault(e.recorded_at, []).append((e, impact(e)))
@@ -90,7 +93,7 @@ class PoolHistory:
 
     def at(self, moment: datetime) -> tuple[PolicyBook, dict[str, HospitalRegistered]]:
         """The policy book and the pool's registered hospitals as known at `moment`."""
-        i = bisect_right(self.moments, moment)
+        i = bisect_right(self._instants, _instant(moment))
         found = self._resolved.get(i)
         if found is None:
             cut = self.moments[i - 1] if i else None
@@ -102,7 +105,7 @@ class PoolHistory:
 
     def after(self, moment: datetime) -> list[datetime]:
         """The moments after `moment` at which something of the pool became known."""
-        return self.moments[bisect_right(self.moments, moment):]
+        return self.moments[bisect_right(self._instants, _instant(moment)):]
 
     def touches(self, moment: datetime, figures: CaseFigures | None) -> bool:
         """Whether an event of the pool recorded at `moment` can change a case now held as
@@ -118,6 +121,15 @@ class PoolHistory:
                 self.reaches(e, effect, figures.pool, figures.year, figures.hospital_id, figures.drg_code)
                 for e, effect in found)
         return answer
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _instant(moment: datetime) -> int:
+    """An aware moment as whole microseconds since the epoch: orders as the moments do."""
+    return (moment - _EPOCH) // _MICROSECOND
 
 
 def _is_catalogue(event: Any) -> bool:

@@ -54,7 +54,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from ledger.cases import CASE_EVENTS
-from ledger.clearing import CaseSums, ClearingError, incentive_over_cap
+from ledger.clearing import CaseSums, ClearingError, cap_dates, incentive_cap, incentive_over_cap
 from ledger.events import EventType
 from ledger.impact import impact
 from ledger.policy import PolicyMissing
@@ -294,7 +294,18 @@ class Projector:
                 continue
             pool, year, hospital_id = key
             history = self.history(conn, pool)
-            moments = sorted({start, *cases.changes_after(start), *history.after(start)})
+            # Moments in microseconds: the live count's changes, the pool's events, `start`.
+            # Only at a `bound` (the start, a pool event, an approved row opening or closing)
+            # can the approved rows or the book change; between bounds only the live count does.
+            start_us = _us(start)
+            changes = cases.changes_after(start_us)
+            pool_moments = {_us(h): h for h in history.after(start)}
+            moments = sorted({start_us, *changes, *pool_moments})
+            bounds = {start_us, *pool_moments}
+            for r in rows:
+                bounds.add(_us(r.known_from))
+                if r.known_until is not None:
+                    bounds.add(_us(r.known_until))
             case_ids = list(dict.fromkeys(r.case_id for r in rows))
             entry = {id(r): (*r.figures.approved, r.case_id, r.figures.discharge_date) for r in rows}  # type: ignore[misc]
             # Only the moments at which some answer moves are kept: between them the answers,
@@ -302,11 +313,20 @@ class Projector:
             kept: list[datetime] = []
             by_case: dict[str, list[bool | str]] = {case_id: [] for case_id in case_ids}
             before: tuple[list[Row], dict[str, bool | str]] | None = None
-            for m in moments:
-                n = cases.live(m)
+            last: _CapInputs | None = None  # what the answer of the last moment computed read
+            for x in moments:
+                n = cases.live(x)
+                if last is not None and x not in bounds and last.same_caps(n):
+                    continue  # the rows, book and registration of `last`, and the same caps
+                # The moment as a datetime, as a set of the three kinds would keep it.
+                m = start if x == start_us else (_EPOCH + x * _US if x in changes else pool_moments[x])
                 live = [r for r in rows if r.known_from <= m and (r.known_until is None or r.known_until > m)]
                 book, hospitals = history.at(m)
                 hospital = hospitals.get(hospital_id)
+                inputs = _CapInputs.of(live, book, hospital, n, last)
+                if inputs.same_answer(last):
+                    continue  # the answer of the moment before, which `before` holds already
+                last = inputs
                 answer: dict[str, bool | str] = {}
                 if hospital is not None and live:
                     try:
@@ -352,16 +372,14 @@ class HospitalYearRows:
         self.untils = array("q", sorted(untils))
         self.approved = {(r.case_id, r.known_from): r for r in approved}
 
-    def live(self, m: datetime) -> int:
-        """How many rows are held at `m` (known_from <= m < known_until): the live cases."""
-        at = _us(m)
+    def live(self, at: int) -> int:
+        """How many rows are held at `at` microseconds since the epoch (known_from <= at <
+        known_until): the live cases."""
         return bisect_right(self.froms, at) - bisect_right(self.untils, at)
 
-    def changes_after(self, start: datetime) -> list[datetime]:
-        """The moments after `start` at which the live count can change."""
-        at = _us(start)
-        found = {*self.froms[bisect_right(self.froms, at):], *self.untils[bisect_right(self.untils, at):]}
-        return [_EPOCH + x * _US for x in found]
+    def changes_after(self, at: int) -> set[int]:
+        """The moments after `at` (microseconds since the epoch) at which the live count can change."""
+        return {*self.froms[bisect_right(self.froms, at):], *self.untils[bisect_right(self.untils, at):]}
 
     def approved_after(self, start: datetime) -> list[Row]:
         return [r for r in self.approved.values() if r.known_until is None or r.known_until > start]
@@ -442,6 +460,50 @@ class CapRows:
                 for h in group:
                     self.keys[(pool, year, h)] = HospitalYearRows(froms.pop(h, ()), untils.pop(h, ()), approved[h])
         return {k: self.keys[k] for k in keys}
+
+
+@dataclass(frozen=True, slots=True)
+class _CapInputs:
+    """What `incentive_over_cap` reads at one moment of a hospital-year (seed 001 二(二)): the
+    approved live rows, the policy book, the registration, the live count, and the caps it
+    gives (`caps` None: cannot be said, `PolicyMissing`). Two moments with the same rows,
+    book, registration and caps have the same answer: the moments in between need no sort."""
+
+    live: list[Row]
+    book: Any
+    hospital: Any
+    n: int
+    dates: list[date]
+    caps: tuple[int | None, ...] | None
+
+    @classmethod
+    def of(cls, live: list[Row], book: Any, hospital: Any, n: int, last: _CapInputs | None) -> _CapInputs:
+        if hospital is None or not live:
+            return cls(live, book, hospital, n, [], ())
+        try:
+            if last is not None and last.book is book and _same(live, last.live):
+                dates = last.dates
+            else:
+                dates = cap_dates(book, (r.figures.discharge_date for r in live))
+            caps = tuple(incentive_cap(n, hospital, book, d) for d in dates)
+        except PolicyMissing:
+            return cls(live, book, hospital, n, [], None)
+        return cls(live, book, hospital, n, dates, caps)
+
+    def same_caps(self, n: int) -> bool:
+        """Whether a live count of `n`, with these rows, book and registration, gives the same
+        caps (and so the same answer)."""
+        if n == self.n:
+            return True
+        if self.caps is None:
+            return False
+        return tuple(incentive_cap(n, self.hospital, self.book, d) for d in self.dates) == self.caps
+
+    def same_answer(self, last: _CapInputs | None) -> bool:
+        return (
+            last is not None and self.book is last.book and self.hospital is last.hospital and _same(self.live, last.live)
+            and (self.n == last.n or (self.caps is not None and self.caps == last.caps))
+        )
 
 
 def _key(r: Row) -> tuple[str, int, str]:
@@ -556,10 +618,12 @@ def _case_events(
     out: dict[str, list[Any]] = defaultdict(list)
     unknown: list[int] = []
     earlier: set[str] = set()
-    rows = conn.execute(
-        select(t.c.seq, t.c.case_id).where(among(conn, t.c.case_id, case_ids), t.c.event_type.in_(sorted(CASE_EVENTS)))
-    )
-    for seq, case_id in rows:
+    # By case id alone, the types kept here: with `event_type IN (...)` in the statement,
+    # SQLite searched the event-type index, every case event of the store for each batch.
+    rows = conn.execute(select(t.c.seq, t.c.case_id, t.c.event_type).where(among(conn, t.c.case_id, case_ids)))
+    for seq, case_id, event_type in rows:
+        if event_type not in CASE_EVENTS:
+            continue
         ev = known.get(seq)
         if ev is None:
             unknown.append(seq)

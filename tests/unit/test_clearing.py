@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ledger.clearing import ClearingError, balance, clearing, point_value, settle
+from ledger.clearing import ClearingError, balance, cap_dates, clearing, incentive_cap, point_value, settle
 from ledger.events import ClearingCompleted
 from tests.unit.rules_world import (
     NOW,
@@ -19,6 +19,8 @@ from tests.unit.rules_world import (
     case,
     ev,
     hospitals,
+    CASE_RULES,
+    policy,
     prepayment,
     verdict,
 )
@@ -160,3 +162,25 @@ def test_pools_never_mix() -> None:
     c = clearing(settle([*world(), *other], POOL, 2020, NOW))
     assert {h.hospital_id for h in c.hospitals} == {"H1", "H2", "H3", "H4", "H5"}
     assert c.total_points == Decimal("400.0000")
+
+
+def test_cap_dates_name_one_discharge_per_case_rules_version_and_the_caps_follow_them() -> None:
+    """seed 001 二(二): a case's cap reads its discharge date only through the case rules in
+    force. 2020 at 6 per mille (3A), 2021 at 10: of 1,000 live cases, caps 6 and 10."""
+    from ledger.policy import PolicyBook
+
+    rules_2021 = {**CASE_RULES, "incentive_cap_per_mille": {"3": "10", "2": "4", "1": "4"}}
+    events = [
+        policy("case_rules", CASE_RULES, effective_to="2020-12-31"),
+        policy("case_rules", rules_2021, version="2", effective_from="2021-01-01"),
+        *hospitals(),
+    ]
+    book = PolicyBook.from_events(POOL, events, NOW)
+    h1 = next(e.payload for e in events if e.event_type == "HospitalRegistered" and e.payload.hospital_id == "H1")
+    discharges = [date(2020, 3, 1), date(2020, 11, 30), date(2021, 2, 1), date(2020, 5, 5), date(2021, 7, 1)]
+    assert cap_dates(book, discharges) == [date(2020, 3, 1), date(2021, 2, 1)]
+    assert [incentive_cap(1000, h1, book, d) for d in cap_dates(book, discharges)] == [6, 10]
+    assert {incentive_cap(1000, h1, book, d) for d in discharges[:2] + discharges[3:4]} == {6}
+    assert cap_dates(book, []) == []
+    with pytest.raises(LookupError):  # PolicyMissing: no case rules in force in 2019
+        cap_dates(book, [date(2019, 12, 31)])

@@ -28,8 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from eventsourcing.persistence import InterfaceError, Notification, OperationalError, StoredEvent
@@ -152,6 +151,18 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
                       "WHERE rowid > ? ORDER BY rowid LIMIT ?", (after, limit))
             return [(r[0], r[1], r[2], r[3]) for r in c.fetchall()]
 
+    def select_chain(self, first: int, last: int) -> tuple[str, list[ChainRow]]:
+        """The chain hash before position `first` (GENESIS when none) and the chain rows of
+        positions `first`..`last`, in order, read in one transaction (`read_chain`, `previous_link`)."""
+        chain = self.chain_table_name
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT chain_hash FROM {chain} WHERE position < ? ORDER BY position DESC LIMIT 1", (first,))
+            row = c.fetchone()
+            c.execute(f"SELECT position, event_id, content_hash, chain_hash FROM {chain} "
+                      "WHERE position >= ? AND position <= ? ORDER BY position", (first, last))
+            rows = [ChainRow(p, e, h.strip(), ch.strip()) for p, e, h, ch in c.fetchall()]
+        return (GENESIS if row is None else row[0].strip()), rows
+
 
 class ChainedPostgresRecorder(PostgresApplicationRecorder):
     """The library's PostgreSQL application recorder, plus the chain, append-only triggers
@@ -212,6 +223,13 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
             "SELECT notification_id, originator_id, topic, state FROM {schema}.{events} "
             "WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
         ).format(schema=schema, events=events)
+        self.select_previous_link_statement = SQL(
+            "SELECT chain_hash FROM {schema}.{chain} WHERE position < %s ORDER BY position DESC LIMIT 1"
+        ).format(schema=schema, chain=chain)
+        self.select_chain_statement = SQL(
+            "SELECT position, event_id, content_hash, chain_hash FROM {schema}.{chain} "
+            "WHERE position >= %s AND position <= %s ORDER BY position"
+        ).format(schema=schema, chain=chain)
 
     @staticmethod
     def _trigger(schema: Identifier, table: str, fn: Identifier, op: str, each: str) -> Composed:
@@ -255,6 +273,17 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
             curs.execute(self.select_entries_statement, (after, limit), prepare=True)
             return [(nid, oid.hex, topic, state) for nid, oid, topic, state in curs.fetchall()]
 
+    def select_chain(self, first: int, last: int) -> tuple[str, list[ChainRow]]:
+        """The chain hash before position `first` (GENESIS when none) and the chain rows of
+        positions `first`..`last`, in order, read in binary on one connection (`read_chain`,
+        `previous_link`)."""
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row, binary=True) as curs:
+            curs.execute(self.select_previous_link_statement, (first,), prepare=True)
+            row = curs.fetchone()
+            curs.execute(self.select_chain_statement, (first, last), prepare=True)
+            rows = [ChainRow(p, e, h.strip(), ch.strip()) for p, e, h, ch in curs.fetchall()]
+        return (GENESIS if row is None else row[0].strip()), rows
+
 
 RECORDER_TOPICS = {
     "eventsourcing.sqlite": f"{__name__}:ChainedSQLiteRecorder",
@@ -277,8 +306,9 @@ class BrokenEntry(Exception):
         super().__init__(f"journal position {position} ({event_id or 'unknown event'}): {what}")
 
 
-@dataclass(frozen=True)
-class ChainRow:
+class ChainRow(NamedTuple):
+    """An entry's row of the chain table (a tuple: a city year's replay builds 300,000)."""
+
     position: int
     event_id: str
     content_hash: str
@@ -343,9 +373,10 @@ def checked_entries(journal: Journal, engine: Engine, after: int, limit: int, *,
     entries: list[Entry] = journal.recorder.select_entries(after, limit)  # type: ignore[attr-defined]
     if not entries:
         return []
-    table = chain_table_name(journal)
-    rows = read_chain(engine, table, after + 1, entries[-1][0])
-    previous = previous_link(engine, table, entries[0][0])
+    # the rows from after + 1 (a deleted first entry leaves its row there), the link before the first entry
+    previous, rows = journal.recorder.select_chain(after + 1, entries[-1][0])  # type: ignore[attr-defined]
+    if rows and rows[0].position < entries[0][0]:
+        previous = previous_link(engine, chain_table_name(journal), entries[0][0])
     return list(zip(entries, chained(entries, rows, previous, content=content), strict=True))
 
 

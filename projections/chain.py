@@ -60,8 +60,17 @@ topic, state bytes (`select_entries` of both recorders)."""
 
 
 def content_hash(topic: str, state: bytes) -> str:
-    """sha256 of a stored journal record: its topic, a newline, its state bytes."""
-    return hashlib.sha256(topic.encode("utf-8") + b"\n" + bytes(state)).hexdigest()
+    """sha256 of a stored journal record: its topic, a newline, its state bytes (the journal
+    entry's topic hashed once, its hash state copied: no copy of the state bytes)."""
+    if topic == RECORDED_TOPIC:
+        h = _RECORDED_PREFIX.copy()
+    else:
+        h = hashlib.sha256(topic.encode("utf-8") + b"\n")
+    h.update(state)
+    return h.hexdigest()
+
+
+_RECORDED_PREFIX = hashlib.sha256(RECORDED_TOPIC.encode("utf-8") + b"\n")
 
 
 def link(previous: str, content: str) -> str:

@@ -97,11 +97,14 @@ def coefficient_without_catalogue(case: CaseSubmitted, hospital_id: str, grade: 
     3. CoefficientChanged for this DRG code and grade; 4. CoefficientChanged for this hospital;
     5. the `coefficients` component, hospital's own value else its grade's.
 
-    The same for every case of one hospital, DRG code and discharge date: resolved once per
-    book (`_c0`), each case given its own copy (its own `cite`).
+    Unless a change names the case's DRG code and grade (step 3), the same for every case of
+    one hospital and discharge date: resolved once per book (`_c0`), each case given its own
+    copy (its own `cite`).
     """
     on = case.discharge_date
-    key = ("c0", hospital_id, case.drg_code, grade, on)
+    if (case.drg_code, grade) in book.by_drg_grade:
+        return _c0(case.drg_code, hospital_id, grade, on, book)
+    key = ("c0", hospital_id, grade, on)
     found: Coefficient | None = book._cache.get(key)
     if found is None:
         found = book._cache[key] = _c0(case.drg_code, hospital_id, grade, on, book)

@@ -96,7 +96,7 @@ def case_states(events: Iterable[Any]) -> dict[str, CaseState]:
             verdicts.setdefault(p.case_id, []).append(e)
     states: dict[str, CaseState] = {}
     for case_id, subs in submissions.items():
-        current = max(subs, key=lambda s: (s.payload.revision, s.recorded_at, s.event_id))
+        current = subs[0] if len(subs) == 1 else max(subs, key=lambda s: (s.payload.revision, s.recorded_at, s.event_id))
         state = CaseState(case_id, current, revisions=len(subs))
         for w in withdrawals.get(case_id, ()):
             same_hospital = w.payload.hospital_id == current.payload.hospital_id

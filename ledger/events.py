@@ -55,7 +55,7 @@ class Grade(StrEnum):
     @property
     def level(self) -> str:
         """The level is the grade's first digit (RULES.md 1)."""
-        return self.value[0]
+        return self[0]  # the value's first character (a StrEnum is its value), without the enum's `value` property
 
 
 class Outcome(StrEnum):

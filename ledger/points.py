@@ -6,6 +6,7 @@ Pure functions: the policy book is an argument, never looked up (STYLE.md 4).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Any
@@ -95,9 +96,24 @@ def coefficient_without_catalogue(case: CaseSubmitted, hospital_id: str, grade: 
 
     3. CoefficientChanged for this DRG code and grade; 4. CoefficientChanged for this hospital;
     5. the `coefficients` component, hospital's own value else its grade's.
+
+    Unless a change names the case's DRG code and grade (step 3), the same for every case of
+    one hospital and discharge date: resolved once per book (`_c0`), each case given its own
+    copy (its own `cite`).
     """
     on = case.discharge_date
-    change = book.coefficient_change("drg_grade", (case.drg_code, grade), on)
+    if (case.drg_code, grade) in book.by_drg_grade:
+        return _c0(case.drg_code, hospital_id, grade, on, book)
+    key = ("c0", hospital_id, grade, on)
+    found: Coefficient | None = book._cache.get(key)
+    if found is None:
+        found = book._cache[key] = _c0(case.drg_code, hospital_id, grade, on, book)
+    return Coefficient(found.value, found.source, dict(found.cite))
+
+
+def _c0(drg_code: str, hospital_id: str, grade: Grade, on: date, book: PolicyBook) -> Coefficient:
+    """`coefficient_without_catalogue` of a case of `drg_code` discharged `on` (RULES.md 3 steps 3-5)."""
+    change = book.coefficient_change("drg_grade", (drg_code, grade), on)
     if change is not None:
         return Coefficient(change.value, "coefficient_change:drg+grade", change.cite())
     change = book.coefficient_change("hospital", hospital_id, on)

@@ -112,9 +112,11 @@ class PolicyBook:
     def version(self, component: Component, on: date) -> InForce[Any] | None:
         """The component version in force on `on` (RULES.md 2), or None."""
         key = (component, on)
-        if key not in self._cache:
-            self._cache[key] = latest_covering(self.components.get(component, ()), on)
-        return self._cache[key]
+        try:
+            return self._cache[key]  # type: ignore[no-any-return]
+        except KeyError:
+            found = self._cache[key] = latest_covering(self.components.get(component, ()), on)
+            return found
 
     def require(self, component: Component, on: date) -> InForce[Any]:
         found = self.version(component, on)

@@ -29,8 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from eventsourcing.persistence import Notification, StoredEvent
@@ -58,8 +57,17 @@ topic, state bytes (`select_entries` of both recorders)."""
 
 
 def content_hash(topic: str, state: bytes) -> str:
-    """sha256 of a stored journal record: its topic, a newline, its state bytes."""
-    return hashlib.sha256(topic.encode("utf-8") + b"\n" + bytes(state)).hexdigest()
+    """sha256 of a stored journal record: its topic, a newline, its state bytes (the journal
+    entry's topic hashed once, its hash state copied: no copy of the state bytes)."""
+    if topic == RECORDED_TOPIC:
+        h = _RECORDED_PREFIX.copy()
+    else:
+        h = hashlib.sha256(topic.encode("utf-8") + b"\n")
+    h.update(state)
+    return h.hexdigest()
+
+
+_RECORDED_PREFIX = hashlib.sha256(RECORDED_TOPIC.encode("utf-8") + b"\n")
 
 
 def link(previous: str, content: str) -> str:
@@ -149,6 +157,18 @@ class ChainedSQLiteRecorder(SQLiteApplicationRecorder):
                       "WHERE rowid > ? ORDER BY rowid LIMIT ?", (after, limit))
             return [(r[0], r[1], r[2], r[3]) for r in c.fetchall()]
 
+    def select_chain(self, first: int, last: int) -> tuple[str, list[ChainRow]]:
+        """The chain hash before position `first` (GENESIS when none) and the chain rows of
+        positions `first`..`last`, in order, read in one transaction (`read_chain`, `previous_link`)."""
+        chain = self.chain_table_name
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT chain_hash FROM {chain} WHERE position < ? ORDER BY position DESC LIMIT 1", (first,))
+            row = c.fetchone()
+            c.execute(f"SELECT position, event_id, content_hash, chain_hash FROM {chain} "
+                      "WHERE position >= ? AND position <= ? ORDER BY position", (first, last))
+            rows = [ChainRow(p, e, h.strip(), ch.strip()) for p, e, h, ch in c.fetchall()]
+        return (GENESIS if row is None else row[0].strip()), rows
+
 
 RECORDER_TOPICS = {
     "eventsourcing.sqlite": f"{__name__}:ChainedSQLiteRecorder",
@@ -172,8 +192,9 @@ class BrokenEntry(Exception):
         super().__init__(f"journal position {position} ({event_id or 'unknown event'}): {what}")
 
 
-@dataclass(frozen=True)
-class ChainRow:
+class ChainRow(NamedTuple):
+    """An entry's row of the chain table (a tuple: a city year's replay builds 300,000)."""
+
     position: int
     event_id: str
     content_hash: str
@@ -238,9 +259,10 @@ def checked_entries(journal: Journal, engine: Engine, after: int, limit: int, *,
     entries: list[Entry] = journal.recorder.select_entries(after, limit)  # type: ignore[attr-defined]
     if not entries:
         return []
-    table = chain_table_name(journal)
-    rows = read_chain(engine, table, after + 1, entries[-1][0])
-    previous = previous_link(engine, table, entries[0][0])
+    # the rows from after + 1 (a deleted first entry leaves its row there), the link before the first entry
+    previous, rows = journal.recorder.select_chain(after + 1, entries[-1][0])  # type: ignore[attr-defined]
+    if rows and rows[0].position < entries[0][0]:
+        previous = previous_link(engine, chain_table_name(journal), entries[0][0])
     return list(zip(entries, chained(entries, rows, previous, content=content), strict=True))
 
 

@@ -13,7 +13,7 @@ from eventsourcing.utils import retry
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Composed, Identifier, Literal
 
-from projections.chain import CHAIN_SUFFIX, GENESIS, REFUSED, Entry, chain_rows
+from projections.chain import CHAIN_SUFFIX, GENESIS, REFUSED, ChainRow, Entry, chain_rows
 
 
 class ChainedPostgresRecorder(PostgresApplicationRecorder):
@@ -75,6 +75,13 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
             "SELECT notification_id, originator_id, topic, state FROM {schema}.{events} "
             "WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
         ).format(schema=schema, events=events)
+        self.select_previous_link_statement = SQL(
+            "SELECT chain_hash FROM {schema}.{chain} WHERE position < %s ORDER BY position DESC LIMIT 1"
+        ).format(schema=schema, chain=chain)
+        self.select_chain_statement = SQL(
+            "SELECT position, event_id, content_hash, chain_hash FROM {schema}.{chain} "
+            "WHERE position >= %s AND position <= %s ORDER BY position"
+        ).format(schema=schema, chain=chain)
 
     @staticmethod
     def _trigger(schema: Identifier, table: str, fn: Identifier, op: str, each: str) -> Composed:
@@ -117,3 +124,14 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
         with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row, binary=True) as curs:
             curs.execute(self.select_entries_statement, (after, limit), prepare=True)
             return [(nid, oid.hex, topic, state) for nid, oid, topic, state in curs.fetchall()]
+
+    def select_chain(self, first: int, last: int) -> tuple[str, list[ChainRow]]:
+        """The chain hash before position `first` (GENESIS when none) and the chain rows of
+        positions `first`..`last`, in order, read in binary on one connection (`read_chain`,
+        `previous_link`)."""
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row, binary=True) as curs:
+            curs.execute(self.select_previous_link_statement, (first,), prepare=True)
+            row = curs.fetchone()
+            curs.execute(self.select_chain_statement, (first, last), prepare=True)
+            rows = [ChainRow(p, e, h.strip(), ch.strip()) for p, e, h, ch in curs.fetchall()]
+        return (GENESIS if row is None else row[0].strip()), rows

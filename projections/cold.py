@@ -41,6 +41,7 @@ from typing_extensions import TypedDict
 from ledger.cases import CASE_EVENTS
 from ledger.clearing import Basis, CaseSums, Clearing, case_sums, clearing, clearing_from_sums, gc_paused, settle
 from ledger.events import ENVELOPES, EventType
+from ledger.journal import RECORDED_TOPIC
 from projections.chain import check_content, checked_entries, entry_record, plain_records
 from projections.store import LedgerStore, _parse_stored, _utc
 
@@ -148,6 +149,8 @@ def _known(envelopes: list[tuple[str, str]], cut: datetime) -> list[Any]:
 _TYPE = b'"event_type":"'
 _CASE = b'\\"case_id\\":\\"'
 _HOSPITAL = b'\\"hospital_id\\":\\"'
+_HINTED_TYPES = {t.encode(): str(t) for t in EventType}
+"""Each event type's name as its stored bytes read, to one str object (pickled once a batch)."""
 
 
 def _hints(state: bytes) -> tuple[str, str | None, str | None]:
@@ -156,16 +159,19 @@ def _hints(state: bytes) -> tuple[str, str | None, str | None]:
     its quotes escaped) first `case_id` and `hospital_id`, which lead a case payload's text
     (canonical JSON: keys sorted; ids and codes hold no quote). Checked by the worker."""
     at = state.find(_TYPE) + len(_TYPE)
-    event_type = state[at:state.find(b'"', at)].decode()
-    values: list[str | None] = []
-    for key in (_CASE, _HOSPITAL):
-        at = state.find(key)
-        if at < 0:
-            values.append(None)
-            continue
-        at += len(key)
-        values.append(state[at:state.find(b'\\"', at)].decode())
-    return event_type, values[0], values[1]
+    name = state[at:state.find(b'"', at)]
+    event_type = _HINTED_TYPES.get(name) or name.decode()
+    at = state.find(_CASE, at)
+    if at < 0:
+        return event_type, None, None
+    at += len(_CASE)
+    end = state.find(b'\\"', at)
+    case_id = state[at:end].decode()
+    at = state.find(_HOSPITAL, end)
+    if at < 0:
+        return event_type, case_id, None
+    at += len(_HOSPITAL)
+    return event_type, case_id, state[at:state.find(b'\\"', at)].decode()
 
 
 def _route(store: LedgerStore, head: int, pipes: list[Connection]) -> list[tuple[str, str]]:
@@ -177,6 +183,7 @@ def _route(store: LedgerStore, head: int, pipes: list[Connection]) -> list[tuple
     case_group: dict[str, int] = {}
     waiting: dict[str, list[tuple[Any, ...]]] = {}  # withdrawals and verdicts that came before their case
     pool_entries: list[tuple[str, str]] = []
+    submitted, case_events = EventType.CASE_SUBMITTED, CASE_EVENTS
     after = 0
     while after < head:
         page = checked_entries(store.journal, store.engine, after, _PAGE, content=False)
@@ -184,28 +191,30 @@ def _route(store: LedgerStore, head: int, pipes: list[Connection]) -> list[tuple
             break
         after = page[-1][0][0]
         hinted = [(entry, row, *_hints(entry[3])) for entry, row in page if entry[0] <= head]
-        _deal(hospital_group, loads, Counter(h for *_, t, _, h in hinted if t == EventType.CASE_SUBMITTED and h))
+        _deal(hospital_group, loads, Counter(h for *_, t, _, h in hinted if t == submitted and h))
         batches: list[list[tuple[Any, ...]]] = [[] for _ in pipes]
-        for entry, row, event_type, cid, hid in hinted:
-            position, _, topic, state = entry
-            if event_type not in CASE_EVENTS:
+        for (position, originator_id, topic, state), row, event_type, cid, hid in hinted:
+            if event_type not in case_events:
                 check_content(position, topic, state, row.content_hash)
-                record = entry_record(*entry, row.event_id)
-                if record["event_type"] in CASE_EVENTS:
+                record = entry_record(position, originator_id, topic, state, row.event_id)
+                if record["event_type"] in case_events:
                     raise _Split(f"journal position {position}: a case event not read as one")
                 pool_entries.append((record["event_type"], record["envelope"]))
                 continue
             if cid is None:
                 raise _Split(f"journal position {position}: no case id read")
-            sent = (*entry, row.event_id, row.content_hash, event_type, cid, hid)
-            if event_type == EventType.CASE_SUBMITTED:
+            if topic == RECORDED_TOPIC:
+                topic = RECORDED_TOPIC  # one object a batch, pickled once
+            sent = (position, originator_id, topic, state, row.event_id, row.content_hash, event_type, cid, hid)
+            if event_type == submitted:
                 if hid is None:
                     raise _Split(f"journal position {position}: no hospital id read")
                 g = hospital_group[hid]
                 if case_group.setdefault(cid, g) != g:
                     raise _Split(f"case {cid} names hospitals of two groups")
                 batches[g].append(sent)
-                batches[g].extend(waiting.pop(cid, ()))
+                if cid in waiting:
+                    batches[g].extend(waiting.pop(cid))
             elif cid in case_group:
                 batches[case_group[cid]].append(sent)
             else:

@@ -139,6 +139,26 @@ def test_coefficient_precedence_most_specific_first() -> None:
     assert points_of(case("e", "H1", "A1", "10000"), coefficient_change("0.95", hospital_id="H1"))[0] == Decimal("95.0000")
 
 
+def test_cases_of_one_hospital_and_day_in_one_book_each_get_their_own_coefficient() -> None:
+    # RULES.md 3 steps 3-5, resolved once per hospital and day in a book (points.py `_c0`):
+    # a DRG + grade change (B1 at 3A: 1.1) applies to H1's B1 cases only, H1's A1 case of the
+    # same day keeps the grade's 1.00 and H1's own change (0.95) where it is in force.
+    change = coefficient_change("1.1", drg_code="B1", grade="3A")
+    cases = [case("a", "H1", "A1", "10000"), case("b", "H1", "B1", "20000"), case("c", "H1", "A1", "10000"),
+             case("d", "H1", "B1", "20000"), case("e", "H3", "B1", "20000")]
+    py = settled(*cases, change, catalogue=False)
+    got = {cid: (sc.priced.points, sc.priced.coefficient.source) for cid, sc in py.cases.items()}
+    assert got == {"a": (Decimal("100.0000"), "coefficients:grade 3A"),
+                   "b": (Decimal("220.0000"), "coefficient_change:drg+grade"),
+                   "c": (Decimal("100.0000"), "coefficients:grade 3A"),
+                   "d": (Decimal("220.0000"), "coefficient_change:drg+grade"),
+                   "e": (Decimal("184.0000"), "coefficients:grade 3B")}  # B1 BP 200 x 0.92
+    assert py.cases["a"].priced.coefficient.cite is not py.cases["c"].priced.coefficient.cite  # each its own
+    hospital = settled(*cases, change, coefficient_change("0.95", hospital_id="H1"), catalogue=False)
+    assert [hospital.cases[c].priced.points for c in "abcd"] == [Decimal("95.0000"), Decimal("220.0000"),
+                                                                   Decimal("95.0000"), Decimal("220.0000")]
+
+
 def test_coefficient_change_declared_in_january_applies_only_once_known() -> None:
     # seed 000 四: declared 2021-01-20 for 2020; asked on 2021-01-19 the old value applies
     change = coefficient_change("1.3", hospital_id="H1", drg_code="A1", recorded_at="2021-01-20T10:00:00+08:00")

@@ -484,6 +484,7 @@ class LedgerStore:
         batch_size: int = 1000,
         on_progress: Callable[[int], None] | None = None,
         backfill: Backfill | bool = False,
+        parsed_into: dict[int, Envelope] | None = None,
     ) -> IngestReport:
         """Appends inbound lines: accepted, duplicate or rejected and dead-lettered, each whole.
 
@@ -503,6 +504,8 @@ class LedgerStore:
         (operator files only, never Kafka or HTTP) admits `recorded_at` older than the
         late-arrival window and journals a `HistoryBackfilled` with every transaction of the
         load; `True` hashes `raws` itself (pass a `Backfill` for a file read lazily).
+        `parsed_into` receives every line that parsed, by line number, as its event (refused
+        later or not): the Kafka intake's recompute keys, without a second parse.
         """
         assert batch_size > 0
         assert not (backfill and callable(origin)), "a backfill is an operator's file"
@@ -531,6 +534,8 @@ class LedgerStore:
                     refused.append((line, data, _unparseable(exc)))
                 else:
                     parsed.append((line, data, ev))
+                    if parsed_into is not None:
+                        parsed_into[line] = ev
                 if len(parsed) + len(refused) >= batch_size:
                     self._ingest_batch(parsed, refused, origin, stamp, report, load)
                     parsed, refused = [], []

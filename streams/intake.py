@@ -50,7 +50,6 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import ConsumerRebalanceListener
 from sqlalchemy import select
 
-from ledger.events import LEDGER_WRITTEN, InvalidEvent, parse_event
 from projections.running_totals import Key, keys_for, store_engine
 from projections.store import among, dead_letters_table
 from streams.retry import retrying
@@ -123,15 +122,7 @@ def run_batch(store: LedgerStore, messages: Sequence[Inbound],
     """
     result = IntakeResult()
     clock = _Phases(result.timings)
-    parsed: dict[int, Any] = {}
-    for i, m in enumerate(messages):
-        try:
-            ev = parse_event(m.value)
-        except InvalidEvent:
-            continue  # ingest refuses it below, naming the field
-        if ev.event_type not in LEDGER_WRITTEN:
-            parsed[i] = ev
-    clock("parse")
+    parsed: dict[int, Any] = {}  # message -> its event (ingest's parse), for the recompute keys
     skip: set[int] = set()
     by_origin = {m.origin: i for i, m in enumerate(messages)}
     t = dead_letters_table
@@ -161,8 +152,10 @@ def run_batch(store: LedgerStore, messages: Sequence[Inbound],
     # order; a line's number is its place here, its origin the exact offset.
     kept = [im for run in _runs([(i, m) for i, m in enumerate(messages) if i not in skip]) for im in run]
     if kept:
+        read: dict[int, Any] = {}  # the events ingest parsed, by line: no second parse here
         report = store.ingest([m.value for _, m in kept], origin=lambda line: kept[line][1].origin,
-                              first_line=0, batch_size=len(kept))
+                              first_line=0, batch_size=len(kept), parsed_into=read)
+        parsed.update((kept[line][0], ev) for line, ev in read.items())
         result.accepted += report.accepted
         result.duplicates += report.duplicates
         for r in report.rejected:

@@ -122,6 +122,19 @@ def test_duplicates_across_batches_of_one_file_are_found(store: LedgerStore) -> 
     assert (report.accepted, report.duplicates) == (3, 2)
 
 
+def test_parsed_into_hands_back_every_line_that_parsed_by_line(store: LedgerStore) -> None:
+    """The Kafka intake's recompute keys come from ingest's own parse: accepted, duplicate and
+    refused-by-the-store lines are there as their events; a line that does not parse is not."""
+    raw = [*lines(hospital("H001"), case("C1"), case("C1")), b'{"event_id": "x", "trunc', *lines(case("C9", hospital_id="H404"))]
+    read: dict[int, Any] = {}
+    report = store.ingest(raw, origin="file:p.jsonl", now=NOW, parsed_into=read, batch_size=2)
+    assert (report.accepted, report.duplicates, [r.line for r in report.rejected]) == (2, 1, [4, 5])
+    assert {line: ev.event_id for line, ev in read.items()} == {
+        1: "reg-panzhihua-H001", 2: "his-H001-C1-r1", 3: "his-H001-C1-r1", 5: "his-H404-C9-r1",
+    }
+    assert read[2] == parse_event(raw[1]) and read[5].payload.hospital_id == "H404"
+
+
 def test_same_id_with_other_content_is_rejected_and_dead_lettered(store: LedgerStore) -> None:
     ingest(store, hospital("H001"), case("C1", total_cost="1000"))
     other = lines(case("C1", total_cost="2000"))[0]

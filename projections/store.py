@@ -526,12 +526,9 @@ class LedgerStore:
                 data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
                 if not data.strip():
                     continue
-                try:
-                    ev = _parse_inbound(data)
-                except InvalidEvent as exc:
-                    refused.append((line, data, exc))
-                except Exception as exc:  # noqa: BLE001 - a line can only ever be refused (EVENTS.md)
-                    refused.append((line, data, _unparseable(exc)))
+                ev = _read_line(data)
+                if isinstance(ev, InvalidEvent):
+                    refused.append((line, data, ev))
                 else:
                     parsed.append((line, data, ev))
                     if parsed_into is not None:
@@ -672,13 +669,9 @@ class LedgerStore:
         for line, data in enumerate(lines, start=first_line):
             if not data.strip():
                 continue
-            try:
-                ev = _parse_inbound(data)
-            except InvalidEvent as exc:
-                refused.append((line, data, exc))
-                continue
-            except Exception as exc:  # noqa: BLE001 - a line can only ever be refused (EVENTS.md)
-                refused.append((line, data, _unparseable(exc)))
+            ev = _read_line(data)
+            if isinstance(ev, InvalidEvent):
+                refused.append((line, data, ev))
                 continue
             if recorded_at is not None:
                 ev = ev.model_copy(update={"recorded_at": recorded_at})
@@ -1822,6 +1815,17 @@ def _unparseable(exc: Exception) -> InvalidEvent:
 def _unrecordable(ev: Envelope, exc: Exception) -> InvalidEvent:
     """An accepted-looking event the store cannot record is refused, never half-applied."""
     return InvalidEvent("", f"cannot be recorded: {type(exc).__name__}: {str(exc)[:200]}", ev.event_id)
+
+
+def _read_line(data: bytes) -> Envelope | InvalidEvent:
+    """One inbound line as its event, or why it is refused (`ingest` and `screen`): a line
+    can only ever be refused, whatever the parser raises (EVENTS.md "Bad input")."""
+    try:
+        return _parse_inbound(data)
+    except InvalidEvent as exc:
+        return exc
+    except Exception as exc:  # noqa: BLE001 - a line can only ever be refused (EVENTS.md)
+        return _unparseable(exc)
 
 
 def _parse_inbound(data: bytes) -> Envelope:

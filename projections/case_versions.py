@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
+    bindparam,
     Boolean,
     Column,
     Date,
@@ -48,7 +49,6 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.engine import Connection
@@ -69,7 +69,6 @@ NAME = "case_versions"
 POINTS_SCALE, MONEY_SCALE = 4, 2
 """Points are held to 4 places (RULES.md preamble), money to 2 (EVENTS.md limits): stored as
 exact integers of those units, so sums are exact and fast on both databases."""
-_IN = 900
 _PAGE = 20_000
 _CHUNK = 20_000
 """Cases recomputed at a time within one batch."""
@@ -215,8 +214,8 @@ class Projector:
         n = 0
         # A pool event can reach every case of a pool-year (a back-dated catalogue): the
         # cases are found, read and folded a chunk at a time, so memory stays flat.
-        for chunk in _chunks(conn, own, reaching):
-            found, earlier = _case_events(conn, list(chunk), known)
+        for chunk, reached in _chunks(conn, own, reaching):
+            found, earlier = _case_events(conn, list(chunk), known, bodies=reached)
             # A case none of whose events precedes the batch has no rows yet (rows are folded
             # from the index, which the projection is at): only the others' are read.
             for key, at in self._recompute(conn, chunk, found, pools, held=earlier).items():
@@ -242,6 +241,7 @@ class Projector:
         rows_held = _held(conn, starts if held is None else {c: starts[c] for c in held})
         touched: dict[tuple[str, int, str], datetime] = {}
         removed: list[Row] = []
+        closed: list[tuple[Row, Row]] = []
         added: list[Row] = []
         histories: dict[str, PoolHistory] = {}
         for case_id, start in starts.items():
@@ -258,18 +258,15 @@ class Projector:
                 timeline = case_timeline(evs, history, start, over_cap, flips)
                 new = rows_from(case_id, start, old, timeline)
             if old:
-                kept = set(old) & set(new)
-                removed.extend(r for r in old if r not in kept)
-                added.extend(r for r in new if r not in kept)
+                _diff(old, new, removed, closed, added)
             else:
                 added.extend(new)
             for r in (*old, *new):
                 f = r.figures
                 _earliest(touched, (f.pool, f.year, f.hospital_id), start)
-        deletes = [(r.case_id, r.known_from) for r in removed]
-        for i in range(0, len(deletes), _IN):
-            conn.execute(delete(table).where(tuple_(table.c.case_id, table.c.known_from).in_(deletes[i : i + _IN])))
-        bulk_insert(conn, table, [r.values() for r in added])
+        _write(conn, removed, closed, added)
+        removed.extend(o for o, _ in closed)
+        added.extend(n for _, n in closed)
         self._caps.written(removed, added)
         return touched
 
@@ -520,6 +517,56 @@ def _earliest(d: dict[Any, datetime], key: Any, moment: datetime) -> None:
         d[key] = moment
 
 
+def _diff(old: list[Row], new: list[Row], removed: list[Row], closed: list[tuple[Row, Row]], added: list[Row]) -> None:
+    """What turns a case's `old` rows into its `new` ones (each case's rows have distinct
+    `known_from`): rows to delete, rows that keep their figures and only end at another moment
+    (`closed`: old, new; a back-dated change cuts the row held when it was recorded), rows to insert."""
+    by_from = {r.known_from: r for r in old}
+    for n in new:
+        o = by_from.pop(n.known_from, None)
+        if o is None:
+            added.append(n)
+        elif o.figures is n.figures or o.figures == n.figures:
+            if o.known_until != n.known_until:
+                closed.append((o, n))
+        else:
+            removed.append(o)
+            added.append(n)
+    removed.extend(by_from.values())
+
+
+def _write(conn: Connection, removed: list[Row], closed: list[tuple[Row, Row]], added: list[Row]) -> None:
+    """Deletes `removed`, moves the end of each `closed` row, inserts `added`: on PostgreSQL
+    one statement each (the keys as arrays), on SQLite one prepared statement a row."""
+    t = table
+    if conn.dialect.name == "postgresql":  # arrays in binary: psycopg's text dump of instants is slow
+        with conn.connection.driver_connection.cursor() as cur:
+            if removed:
+                cur.execute(_PG_DELETE, ([r.case_id for r in removed], [r.known_from for r in removed]))
+            if closed:
+                cur.execute(_PG_CLOSE, ([o.case_id for o, _ in closed], [o.known_from for o, _ in closed],
+                                        [n.known_until for _, n in closed]))
+    else:
+        if removed:
+            conn.execute(delete(t).where(t.c.case_id == bindparam("c"), t.c.known_from == bindparam("f")),
+                         [{"c": r.case_id, "f": r.known_from} for r in removed])
+        if closed:
+            conn.execute(update(t).where(t.c.case_id == bindparam("c"), t.c.known_from == bindparam("f"))
+                         .values(known_until=bindparam("u")),
+                         [{"c": o.case_id, "f": o.known_from, "u": n.known_until} for o, n in closed])
+    bulk_insert(conn, t, [r.values() for r in added])
+
+
+_PG_DELETE = (
+    f"DELETE FROM {NAME} WHERE (case_id, known_from) IN "
+    "(SELECT * FROM unnest(%b::varchar[], %b::timestamptz[]))"
+)
+_PG_CLOSE = (
+    f"UPDATE {NAME} AS t SET known_until = v.until FROM unnest(%b::varchar[], %b::timestamptz[], "
+    "%b::timestamptz[]) AS v(case_id, known_from, until) WHERE t.case_id = v.case_id AND t.known_from = v.known_from"
+)
+
+
 def _cap_function(answers: tuple[list[datetime], list[bool | str]] | None) -> tuple[Any, list[datetime]]:
     if answers is None:
         return (lambda _m: False), []
@@ -543,20 +590,21 @@ def _hospital_of(events: list[Any]) -> str | None:
 
 def _chunks(
     conn: Connection, own: dict[str, datetime], reaching: list[tuple[Any, Any, PoolHistory]]
-) -> Iterator[dict[str, datetime]]:
+) -> Iterator[tuple[dict[str, datetime], bool]]:
     """The cases a batch recomputes, each with its start, at most `_CHUNK` at a time: those
     the pool events `reaching` reach (`_reached`, a page at a time) and the batch's own
     cases (`own`: case id -> its earliest event's recorded_at), each once, from the
-    earliest of its starts."""
+    earliest of its starts. With each chunk, whether it was reached (its cases hold rows,
+    so their events are in the index before the batch)."""
     own = dict(own)
     if reaching:
         for page in _reached(conn, reaching):
             for case_id in page.keys() & own.keys():
                 _earliest(page, case_id, own.pop(case_id))
-            yield page
+            yield page, True
     ids = list(own)
     for i in range(0, len(ids), _CHUNK):
-        yield {c: own[c] for c in ids[i : i + _CHUNK]}
+        yield {c: own[c] for c in ids[i : i + _CHUNK]}, False
 
 
 def _reached(conn: Connection, reaching: list[tuple[Any, Any, PoolHistory]]) -> Iterator[dict[str, datetime]]:
@@ -610,17 +658,28 @@ def _narrowed(event: Any, effect: Any) -> list[Any]:
 
 
 def _case_events(
-    conn: Connection, case_ids: list[str], known: dict[int, Any]
+    conn: Connection, case_ids: list[str], known: dict[int, Any], bodies: bool = False
 ) -> tuple[dict[str, list[Any]], set[str]]:
     """Every event of the cases (`CASE_EVENTS`), from the index, and the cases with an event
-    not in `known` (by journal position), which are parsed from their bodies."""
+    not in `known` (by journal position), which are parsed from their bodies. `bodies`: most
+    events are not in `known`, so the bodies are read with the positions, in one statement."""
     t = index_table
     out: dict[str, list[Any]] = defaultdict(list)
     unknown: list[int] = []
     earlier: set[str] = set()
     # By case id alone, the types kept here: with `event_type IN (...)` in the statement,
     # SQLite searched the event-type index, every case event of the store for each batch.
-    rows = conn.execute(select(t.c.seq, t.c.case_id, t.c.event_type).where(among(conn, t.c.case_id, case_ids)))
+    where = among(conn, t.c.case_id, case_ids)
+    if bodies:
+        for seq, case_id, event_type, body in conn.execute(select(t.c.seq, t.c.case_id, t.c.event_type, t.c.body).where(where)):
+            if event_type in CASE_EVENTS:
+                ev = known.get(seq)
+                if ev is None:
+                    ev = _parse_stored(event_type, body)
+                    earlier.add(case_id)
+                out[case_id].append(ev)
+        return out, earlier
+    rows = conn.execute(select(t.c.seq, t.c.case_id, t.c.event_type).where(where))
     for seq, case_id, event_type in rows:
         if event_type not in CASE_EVENTS:
             continue

@@ -5,6 +5,7 @@ Pure functions: the policy book is an argument, never looked up (STYLE.md 4).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
@@ -58,10 +59,16 @@ class CasePoints:
 
     points: Decimal
     case_type: CaseType
-    formula: str
+    written: Callable[[], str] = field(compare=False, repr=False)
+    """Writes `formula`: only `explain` and audits read it, so a recompute does not format it."""
     coefficient: Coefficient | None = None
     ratio: Decimal | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def formula(self) -> str:
+        """How the points were worked out, as `explain` shows them."""
+        return self.written()
 
 
 def coefficient_for(case: CaseSubmitted, hospital_id: str, grade: Grade, book: PolicyBook) -> Coefficient:
@@ -167,7 +174,7 @@ def case_points(
         cost = max(case.total_cost - (unreasonable_cost or Decimal(0)), Decimal(0))
         kind = CaseType.SPECIAL_REVIEW if approval is Approval.SPECIAL_REVIEW else CaseType.INCENTIVE
         p = round_points(by_cost(cost, ac_all))
-        return CasePoints(p, kind, f"({case.total_cost} - {unreasonable_cost or 0}) / {ac_all} x 100 = {p}")
+        return CasePoints(p, kind, lambda: f"({case.total_cost} - {unreasonable_cost or 0}) / {ac_all} x 100 = {p}")
     group = _group(drg.value.groups, case.drg_code, book)
     if group is None or not group.stable:
         p = round_points(by_cost(case.total_cost, ac_all))
@@ -176,7 +183,7 @@ def case_points(
             if case.drg_code == UNGROUPED
             else ("unstable group" if group is not None else f"DRG code {case.drg_code} not in drg_table {drg.version}")
         )
-        return CasePoints(p, CaseType.UNSTABLE, f"{case.total_cost} / {ac_all} x 100 = {p}", notes=(why,))
+        return CasePoints(p, CaseType.UNSTABLE, lambda: f"{case.total_cost} / {ac_all} x 100 = {p}", notes=(why,))
 
     rules = book.case_rules(on).value
     c = coefficient_for(case, hospital_id, grade, book)
@@ -191,23 +198,38 @@ def case_points(
     low = low_ratio_threshold(rules, grade)
     if r > high:
         kind, raw = CaseType.HIGH_RATIO, bp_paid * c.value + bp_paid * (r - high)
-        formula = f"{bp_paid} x {c.value} + {bp_paid} x (r {_r(r)} - H {high})"
     elif r < low:
         kind, raw = CaseType.LOW_RATIO, min(bp_paid * r, bp_paid * c.value)
-        formula = f"min({bp_paid} x r {_r(r)}, {bp_paid} x {c.value})"
     else:
         kind, raw = CaseType.NORMAL, bp_paid * c.value
-        formula = f"{bp_paid} x {c.value}"
+    multi_site: tuple[Decimal, DrgGroup] | None = None
     if case.secondary_drg_code and rules.multi_site_share is not None:
         secondary = _group(drg.value.groups, case.secondary_drg_code, book)
         if secondary is None:
             notes.append(f"secondary group {case.secondary_drg_code} not in drg_table: no multi-site points")
         else:
             raw += rules.multi_site_share * secondary.base_points
-            formula += f" + {rules.multi_site_share} x {secondary.base_points} ({secondary.drg_code})"
+            multi_site = (rules.multi_site_share, secondary)
             notes.append("multi-site: share of the secondary group's base points, no coefficient (seed 001 二(四))")
     p = round_points(raw)
-    return CasePoints(p, kind, f"{formula} = {p}", c, r, tuple(notes))
+    return CasePoints(p, kind, lambda: _base_formula(kind, bp_paid, c.value, r, high, multi_site, p), c, r, tuple(notes))
+
+
+def _base_formula(
+    kind: CaseType, bp: Decimal, c: Decimal, r: Decimal, high: Decimal, multi_site: tuple[Decimal, DrgGroup] | None,
+    p: Decimal,
+) -> str:
+    """The formula of a case paid by base points (RULES.md 3 types 3-5, seed 001 二(四)), as computed by `case_points`."""
+    if kind is CaseType.HIGH_RATIO:
+        formula = f"{bp} x {c} + {bp} x (r {_r(r)} - H {high})"
+    elif kind is CaseType.LOW_RATIO:
+        formula = f"min({bp} x r {_r(r)}, {bp} x {c})"
+    else:
+        formula = f"{bp} x {c}"
+    if multi_site is not None:
+        share, secondary = multi_site
+        formula += f" + {share} x {secondary.base_points} ({secondary.drg_code})"
+    return f"{formula} = {p}"
 
 
 def _cite(version: InForce[Any], book: PolicyBook) -> dict[str, Any]:

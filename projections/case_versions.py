@@ -620,6 +620,13 @@ def _reached(conn: Connection, reaching: list[tuple[Any, Any, PoolHistory]]) -> 
     if len(reaching) <= 50:  # the database narrows as each event does; Python decides below
         where.append(or_(*(and_(*_narrowed(ev, effect)) for ev, effect, _ in reaching)))
     columns = (t.c.case_id, t.c.pool, t.c.year, t.c.hospital_id, t.c.drg_code, t.c.known_until)
+    # An event narrowed to a hospital can reach only its rows (`Impact.touches_case`): each
+    # row is asked only of its hospital's events and of those not narrowed to one.
+    by_hospital: dict[str, list[tuple[Any, Any, PoolHistory]]] = defaultdict(list)
+    unnarrowed: list[tuple[Any, Any, PoolHistory]] = []
+    for item in reaching:
+        hospital_id = item[1].hospital_id
+        (unnarrowed if hospital_id is None else by_hospital[hospital_id]).append(item)
     after: str | None = None
     while True:
         q = select(*columns).where(*where, *(() if after is None else (t.c.case_id > after,)))
@@ -632,7 +639,7 @@ def _reached(conn: Connection, reaching: list[tuple[Any, Any, PoolHistory]]) -> 
                 rows = conn.execute(select(*columns).where(*where, t.c.case_id == last)).all()
         page: dict[str, datetime] = {}
         for case_id, pool, year, hospital_id, drg_code, known_until in rows:
-            for ev, effect, history in reaching:
+            for ev, effect, history in (*by_hospital.get(hospital_id, ()), *unnarrowed):
                 at = ev.recorded_at
                 if (known_until is None or known_until > at) and history.reaches(ev, effect, pool, year, hospital_id, drg_code):
                     _earliest(page, case_id, at)

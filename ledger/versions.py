@@ -76,6 +76,17 @@ class PoolHistory:
         # event is added), so its answers per DRG group and per case kind are kept.
         self._may_change: dict[str, bool] = {}
         self._touches: dict[tuple[datetime, str, int, str, str], bool] = {}
+        self._last: tuple[datetime, int] | None = None  # the moment last bisected, and where
+
+    def _index(self, moment: datetime) -> int:
+        """How many of `moments` are at or before `moment`; the last answer is kept, since a
+        recompute asks it of one moment (its start) for every case it reaches."""
+        last = self._last
+        if last is not None and last[0] is moment:
+            return last[1]
+        i = bisect_right(self._instants, _instant(moment))
+        self._last = (moment, i)
+        return i
 
     def catalogue_may_change(self, drg_code: str) -> bool:
         """Whether any catalogue version of the pool can match a case of `drg_code`: only then
@@ -93,7 +104,7 @@ class PoolHistory:
 
     def at(self, moment: datetime) -> tuple[PolicyBook, dict[str, HospitalRegistered]]:
         """The policy book and the pool's registered hospitals as known at `moment`."""
-        i = bisect_right(self._instants, _instant(moment))
+        i = self._index(moment)
         found = self._resolved.get(i)
         if found is None:
             cut = self.moments[i - 1] if i else None
@@ -105,7 +116,7 @@ class PoolHistory:
 
     def after(self, moment: datetime) -> list[datetime]:
         """The moments after `moment` at which something of the pool became known."""
-        return self.moments[bisect_right(self._instants, _instant(moment)):]
+        return self.moments[self._index(moment):]
 
     def touches(self, moment: datetime, figures: CaseFigures | None) -> bool:
         """Whether an event of the pool recorded at `moment` can change a case now held as

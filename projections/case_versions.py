@@ -45,6 +45,7 @@ from sqlalchemy import (
     Text,
     and_,
     case,
+    cast,
     delete,
     func,
     or_,
@@ -133,12 +134,16 @@ class Row:
 
     @classmethod
     def of(cls, r: Any) -> Row:
+        """The row of a `select(table)` result (its columns in the table's order, unpacked
+        by position: by name was most of reading a case's rows)."""
+        (case_id, known_from, known_until, pool, year, hospital_id, drg_code, discharge_date, settled, deducted,
+         personal_paid, approved_at, approved_id, over_cap, error) = r
         figures = CaseFigures(
-            r.pool, r.year, r.hospital_id, r.drg_code, r.discharge_date, _decimal(r.settled, POINTS_SCALE),
-            None if r.deducted is None else _decimal(r.deducted, POINTS_SCALE), _decimal(r.personal_paid, MONEY_SCALE),
-            (r.approved_at, r.approved_id) if r.approved_at is not None else None, r.over_cap, r.error,
+            pool, year, hospital_id, drg_code, discharge_date, _decimal(settled, POINTS_SCALE),
+            None if deducted is None else _decimal(deducted, POINTS_SCALE), _decimal(personal_paid, MONEY_SCALE),
+            (approved_at, approved_id) if approved_at is not None else None, over_cap, error,
         )
-        return cls(r.case_id, r.known_from, r.known_until, figures)
+        return cls(case_id, known_from, known_until, figures)
 
 
 def rows_from(
@@ -360,6 +365,11 @@ def _us(m: datetime) -> int:
     return (m - _EPOCH) // _US
 
 
+def _pg_us(column: Any) -> Any:
+    """`_us` of a timestamptz column, on PostgreSQL (its epoch is an exact numeric)."""
+    return cast(func.extract("epoch", column) * 1_000_000, BigInteger)
+
+
 class HospitalYearRows:
     """One hospital-year's rows as the incentive cap needs them: the moments they open and
     close (microseconds, sorted) and the approved rows."""
@@ -448,10 +458,17 @@ class CapRows:
                 untils: dict[str, array] = defaultdict(lambda: array("q"))
                 approved: dict[str, list[Row]] = defaultdict(list)
                 where = (t.c.pool == pool, t.c.year == year, t.c.hospital_id.in_(group))
-                for h, kf, ku in conn.execute(select(t.c.hospital_id, t.c.known_from, t.c.known_until).where(*where)):
-                    froms[h].append(_us(kf))
-                    if ku is not None:
-                        untils[h].append(_us(ku))
+                if conn.dialect.name == "postgresql":  # the server gives the microseconds (`_us`)
+                    q = select(t.c.hospital_id, _pg_us(t.c.known_from), _pg_us(t.c.known_until)).where(*where)
+                    for h, kf, ku in conn.execute(q):
+                        froms[h].append(kf)
+                        if ku is not None:
+                            untils[h].append(ku)
+                else:
+                    for h, kf, ku in conn.execute(select(t.c.hospital_id, t.c.known_from, t.c.known_until).where(*where)):
+                        froms[h].append(_us(kf))
+                        if ku is not None:
+                            untils[h].append(_us(ku))
                 for r in conn.execute(select(t).where(*where, t.c.approved_at.is_not(None))):
                     approved[r.hospital_id].append(Row.of(r))
                 for h in group:

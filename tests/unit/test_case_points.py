@@ -187,6 +187,22 @@ def test_multi_site_adds_half_the_secondary_groups_base_points_without_coefficie
     assert points_of(case("c", "H3", "B1", "20000", secondary_drg_code="A1"))[0] == Decimal("234.0000")
 
 
+def test_the_formula_is_written_with_the_figures_each_case_type_used() -> None:
+    # What explain shows (written only when read): B1 at 3A, r = 2.5 > H 2 -> 200 x 1 + 200 x 0.5;
+    # A1 at 2B, r = 0.3 < 0.4 -> min(30, 80); B1 at 3B with secondary A1 -> 200 x 0.92 + 0.5 x 100;
+    # bilateral A1 at 3A, r = 3.5 > 3 -> 150 x 1 + 150 x 0.5; ungrouped 12,345 / AC_all 10,000 x 100.
+    py = settled(case("a", "H1", "B1", "50000"), case("b", "H4", "A1", "3000"),
+                 case("c", "H3", "B1", "20000", secondary_drg_code="A1"),
+                 case("d", "H1", "A1", "35000", bilateral=True), case("e", "H1", "0000", "12345"))
+    assert {k: py.cases[k].priced.formula for k in "abcde"} == {
+        "a": "200 x 1.00 + 200 x (r 2.5000 - H 2) = 300.0000",
+        "b": "min(100 x r 0.3000, 100 x 0.80) = 30.0000",
+        "c": "200 x 0.92 + 0.5 x 100 (A1) = 234.0000",
+        "d": "150.0 x 1.00 + 150.0 x (r 3.5000 - H 3) = 225.0000",
+        "e": "12345 / 10000 x 100 = 123.4500",
+    }
+
+
 def test_bilateral_and_multi_site_do_not_apply_when_the_pool_has_no_such_rule() -> None:
     rules = {**CASE_RULES, "bilateral_factor": None, "multi_site_share": None}
     later = policy("case_rules", rules, version="2", recorded_at="2020-02-01T00:00:00+08:00")

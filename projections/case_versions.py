@@ -43,7 +43,6 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
-    case,
     delete,
     func,
     or_,
@@ -793,9 +792,11 @@ def daily_sums(
     conn: Connection, pool: str, year: int, known_at: datetime, hospital_id: str
 ) -> tuple[dict[date, CaseSums], dict[date, CaseSums]]:
     """The hospital's and the pool's case sums per discharge day (live at `known_at`): what a
-    series of balances is cut from, in one aggregate."""
+    series of balances is cut from, in one aggregate. Grouped by the comparison itself:
+    PostgreSQL estimates two groups per day for it (732 in a year) and aggregates in parallel,
+    where for a CASE of it it estimated a group per hospital and day and did not."""
     t = table
-    mine = case((t.c.hospital_id == hospital_id, 1), else_=0)
+    mine = (t.c.hospital_id == hospital_id).label("mine")
     rows = conn.execute(
         select(
             t.c.discharge_date, mine, func.count(), func.sum(t.c.settled), func.sum(t.c.deducted),

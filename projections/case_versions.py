@@ -44,7 +44,6 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
-    case,
     cast,
     delete,
     func,
@@ -876,9 +875,11 @@ def daily_sums(
     conn: Connection, pool: str, year: int, known_at: datetime, hospital_id: str
 ) -> tuple[dict[date, CaseSums], dict[date, CaseSums]]:
     """The hospital's and the pool's case sums per discharge day (live at `known_at`): what a
-    series of balances is cut from, in one aggregate."""
+    series of balances is cut from, in one aggregate. Grouped by the comparison itself:
+    PostgreSQL estimates two groups per day for it (732 in a year) and aggregates in parallel,
+    where for a CASE of it it estimated a group per hospital and day and did not."""
     t = table
-    mine = case((t.c.hospital_id == hospital_id, 1), else_=0)
+    mine = (t.c.hospital_id == hospital_id).label("mine")
     rows = conn.execute(
         select(
             t.c.discharge_date, mine, func.count(), func.sum(t.c.settled), func.sum(t.c.deducted),
@@ -939,32 +940,58 @@ def held_at(conn: Connection, case_id: str, known_at: datetime) -> Row | None:
 # --------------------------------------------------------------------------- answers
 
 
-def pool_year(store: LedgerStore, pool: str, year: int, known_at: datetime) -> Any:
+@dataclass(frozen=True, slots=True)
+class PoolRead:
+    """The pool's own events an answer read: those parsed (`events`), and how many were read
+    in all with the latest `ingested_at` among them (what the answer's `Basis` counts)."""
+
+    events: list[Any]
+    count: int
+    latest_ingested_at: datetime | None
+
+
+def pool_year(
+    store: LedgerStore, pool: str, year: int, known_at: datetime, *, hospital_id: str | None = None
+) -> tuple[Any, PoolRead]:
     """The pool-year as known at `known_at` with no case settled: hospitals, policy, budget,
-    prepayments and recorded clearings, from the pool's own events (a few hundred)."""
+    prepayments and recorded clearings, from the pool's own events (`pool_events`)."""
     from ledger.clearing import settle
 
+    read = pool_events(store, pool, year, known_at, hospital_id=hospital_id)
+    return settle(read.events, pool, year, known_at), read
+
+
+def pool_events(
+    store: LedgerStore, pool: str, year: int, known_at: datetime, *, hospital_id: str | None = None
+) -> PoolRead:
+    """The pool's own events a pool-year as known at `known_at` rests on (a few hundred): its
+    history, and the year's budget, prepayments and recorded clearings.
+
+    With `hospital_id`, only that hospital's prepayments are parsed (a balance or an
+    explanation reads no other's, RULES.md 6): the others are counted, not read."""
     t = index_table
     history_types = [*POOL_HISTORY_TYPES]
     money_types = [EventType.BUDGET_SET, EventType.PREPAYMENT_MADE, EventType.CLEARING_COMPLETED]
+    where = [t.c.pool == pool, t.c.recorded_at <= known_at,
+             or_(t.c.event_type.in_(history_types), and_(t.c.event_type.in_(money_types), t.c.year == year))]
+    mine = [] if hospital_id is None else [or_(t.c.event_type != EventType.PREPAYMENT_MADE, t.c.hospital_id == hospital_id)]
     with store.engine.connect() as conn:
-        rows = conn.execute(
-            select(t.c.event_type, t.c.body).where(
-                t.c.pool == pool,
-                t.c.recorded_at <= known_at,
-                or_(t.c.event_type.in_(history_types), and_(t.c.event_type.in_(money_types), t.c.year == year)),
-            ).order_by(t.c.seq)
-        ).all()
-    events = [_parse_stored(et, b) for et, b in rows]
-    return settle(events, pool, year, known_at), events
+        rows = conn.execute(select(t.c.event_type, t.c.ingested_at, t.c.body).where(*where, *mine).order_by(t.c.seq)).all()
+        if mine:
+            n, latest = conn.execute(select(func.count(), func.max(t.c.ingested_at)).where(*where)).one()
+        else:
+            n, latest = len(rows), max((r[1] for r in rows if r[1] is not None), default=None)
+    return PoolRead([_parse_stored(et, b) for et, _, b in rows], int(n), latest)
 
 
 def fresh(store: LedgerStore) -> int:
     """Catches the projection up with the index when it is behind (an older store, a crash
     the store has not healed yet) and returns the journal position both are at."""
-    with store.engine.connect() as conn:
-        at = position(conn)
-    if at != store.position:
+    t = tracking_table
+    with store.engine.connect() as conn:  # both tracking rows in one statement
+        found = dict(conn.execute(select(t.c.name, t.c.notification_id).where(t.c.name.in_([NAME, index_table.name]))).all())
+    at = int(found.get(NAME, 0))
+    if at != int(found[index_table.name]):
         store.catch_up_projection()
         with store.engine.connect() as conn:
             at = position(conn)

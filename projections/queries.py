@@ -126,10 +126,12 @@ def recorded_digest(store: LedgerStore, event_id: str) -> str | None:
 
 
 def hospital_pool(store: LedgerStore, hospital_id: str) -> str:
-    registered = store.hospitals().get(hospital_id)
-    if registered is None:
+    """The pool `hospital_id` is registered in (RULES.md 1), from the index's columns: no
+    registration is parsed."""
+    with store.engine.connect() as conn:
+        pool = store.registered_pools(conn).get(hospital_id)
+    if pool is None:
         raise NotFound(f"hospital {hospital_id} is not registered")
-    pool: str = registered.pool
     return pool
 
 
@@ -143,9 +145,9 @@ def hospital_balance(
 ) -> Balance:
     """A hospital's balance at a date as known at a moment (RULES.md 6); `extra_events` as for `clear_pool`."""
     known_at = known_at or now()
-    pool = hospital_pool(store, hospital_id)
     if not extra_events:
         return projected_balances(store, hospital_id, [as_of], known_at)[0]
+    pool = hospital_pool(store, hospital_id)
     events, position = pool_year_events(store, pool, as_of.year, known_at)
     py = settle([*events, *extra_events], pool, as_of.year, known_at)
     return replace(balance(py, hospital_id, as_of), basis=Basis.of(events, position))
@@ -156,13 +158,13 @@ def projected_clearing(store: LedgerStore, pool: str, year: int, known_at: datet
     from projections import case_versions
 
     at = case_versions.fresh(store)
-    py, pool_events = case_versions.pool_year(store, pool, year, known_at)
+    py, read = case_versions.pool_year(store, pool, year, known_at)
     with store.engine.connect() as conn:
         # A case's row carries its hospital's registered pool: a pool no hospital was ever
         # registered in has none to sum (SQLite's sums would scan the whole table to find so).
         held = pool in store.registered_pools(conn).values()
         found = case_versions.sums(conn, pool, year, known_at) if held else case_versions.Sums({}, 0)
-    basis = Basis(at, found.versions + len(pool_events), _latest_ingested(store, at))
+    basis = Basis(at, found.versions + read.count, _latest_ingested(store, at))
     return replace(clearing_from_sums(py, found.hospitals), basis=basis)
 
 
@@ -177,7 +179,7 @@ def projected_balances(
     pool = hospital_pool(store, hospital_id)
     (year,) = {d.year for d in days}
     at = case_versions.fresh(store)
-    py, pool_events = case_versions.pool_year(store, pool, year, known_at)
+    py, read = case_versions.pool_year(store, pool, year, known_at, hospital_id=hospital_id)
     with store.engine.connect() as conn:
         if len(days) == 1:  # one day: the sums to it, per hospital (fewer rows and groups)
             found = case_versions.sums(conn, pool, year, known_at, until=days[0]).hospitals
@@ -189,7 +191,7 @@ def projected_balances(
     out: list[Any] = []
     for day in days:
         window = [case_versions.cumulative(pool_days, day)]
-        basis = Basis(at, window[0].cases + len(pool_events), latest)  # the versions summed to that day
+        basis = Basis(at, window[0].cases + read.count, latest)  # the versions summed to that day
         try:
             result = balance_from_sums(py, hospital_id, day, case_versions.cumulative(own, day), window)
         except (ClearingError, LookupError) as exc:
@@ -217,14 +219,15 @@ def explain_case(
 ) -> dict[str, Any]:
     """A case's points step by step (EVENTS.md `explain`); `extra_events` as for `clear_pool`.
 
-    Reads only what the case needs: its own events, its pool's, and — for an incentive
-    approval — its hospital's count of live cases and its cap answer from the projection
-    (seed 001 二(二)).
+    Reads only what the case needs: its own events, its pool's (once), and — for an
+    incentive approval — its hospital's count of live cases and its cap answer from the
+    projection (seed 001 二(二)).
     """
     from projections import case_versions
+    from projections.store import CASE_LEVEL
 
     known_at = known_at or now()
-    own = store.load(case_ids=[case_id], known_at=known_at)
+    own = store.load(case_ids=[case_id], known_at=known_at, event_types=CASE_LEVEL)
     submissions = [e for e in own if e.event_type == EventType.CASE_SUBMITTED and e.payload.case_id == case_id]
     if not submissions:
         raise NotFound(f"case {case_id} is not known at {known_at.isoformat()}")
@@ -238,13 +241,13 @@ def explain_case(
             out = explain([*events.values(), *extra_events], case_id, known_at)
         except UnknownCase as exc:
             raise NotFound(str(exc)) from None
-        read = list(events.values())
+        basis = Basis.of(list(events.values()), position)
     else:
         case_versions.fresh(store)
         state = case_states(known(own, known_at)).get(case_id)
         year = state.case.discharge_date.year if state is not None else max(years)
-        py, pool_events = case_versions.pool_year(store, pool, year, known_at)
-        py = settle([*pool_events, *own], pool, year, known_at)
+        read = case_versions.pool_events(store, pool, year, known_at, hospital_id=hospital_id)
+        py = settle([*read.events, *own], pool, year, known_at)
         sc = py.cases.get(case_id)
         if sc is not None and sc.state.verdict is not None and sc.state.verdict.payload.outcome is Outcome.INCENTIVE_APPROVED:
             with store.engine.connect() as conn:
@@ -260,8 +263,10 @@ def explain_case(
             out = describe(py, case_id)
         except UnknownCase as exc:
             raise NotFound(str(exc)) from None
-        read = [*pool_events, *own]
+        mine = Basis.of(own, position)
+        stamps = [t for t in (read.latest_ingested_at, mine.latest_ingested_at) if t is not None]
+        basis = Basis(position, read.count + mine.events_read, max(stamps, default=None))
     ingested_at = {e.event_id: e.ingested_at for e in submissions}
     out["ingested_at"] = {eid: (t.isoformat() if t else None) for eid, t in ingested_at.items()}
-    out["basis"] = Basis.of(read, position).as_json()
+    out["basis"] = basis.as_json()
     return out

@@ -151,6 +151,17 @@ def test_explain_and_the_derived_penalty(loaded: str) -> None:
     assert penalty.source == "system" and penalty.payload.deducted_points == Decimal("80.0000")
 
 
+def test_an_answer_counts_each_event_it_rests_on_once(loaded: str) -> None:
+    # As known at AFTER the pool's own events are 10: six policy versions (not the penalty rules
+    # recorded in 2023), two registrations, the 2020 budget and H001's prepayment.
+    e = data(run(loaded, "explain", "--case", "C1", "--known-at", AFTER))
+    assert e["basis"]["events_read"] == 10 + 3  # and C1's submission, verdict and derived penalty
+    # H002's balance parses no prepayment of H001's, but rests on it: 10, and C1, the one case
+    # discharged by 30 June.
+    b = data(run(loaded, "balance", "--hospital", "H002", "--as-of", "2020-06-30", "--known-at", AFTER))
+    assert b["basis"]["events_read"] == 10 + 1
+
+
 def test_not_found_and_cannot_compute_exit_codes(loaded: str, database_url: str) -> None:
     assert run(loaded, "balance", "--hospital", "H404", "--as-of", "2020-06-30").exit_code == 3
     assert run(loaded, "explain", "--case", "C404").exit_code == 3

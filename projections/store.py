@@ -49,7 +49,6 @@ from sqlalchemy import (
     TypeDecorator,
     and_,
     any_,
-    cast,
     delete,
     event,
     func,
@@ -1738,31 +1737,11 @@ def _consume(conn: Connection, origins: Iterable[str], fate: str) -> None:
 def among(conn: Connection | Engine, column: Any, values: Sequence[Any]) -> Any:
     """`column IN values` as one bound parameter, however many values: `= ANY(array)` on
     PostgreSQL, `IN (SELECT value FROM json_each(...))` on SQLite. One statement text for
-    every length (an IN list is a new statement to plan per length and per 900 values).
-    On PostgreSQL the array goes as its text (`_pg_array`) when its values are all text or
-    all integers: psycopg dumps a list value by value in Python, 2.5% of a city ingest."""
+    every length (an IN list is a new statement to plan per length and per 900 values)."""
     if conn.dialect.name == "postgresql":
-        written = _pg_array(values)
-        if written is not None:
-            return column == any_(cast(literal(written), ARRAY(column.type)))
         return column == any_(literal(list(values), ARRAY(column.type)))
     listed = func.json_each(literal(json.dumps(list(values)))).table_valued("value")
     return column.in_(select(listed.c.value))
-
-
-def _pg_array(values: Sequence[Any]) -> str | None:
-    """PostgreSQL's text form of an array of `values` (`{"a","b\\"c"}`, `{1,2}`), or None
-    unless they are all `str` or all `int`. Every text value is quoted, so none reads as NULL;
-    a backslash or a double quote in one is escaped by a backslash (PostgreSQL "Arrays": Array
-    Value Input)."""
-    if all(type(v) is str for v in values):
-        joined = "".join(values)
-        if "\\" in joined or '"' in joined:
-            values = [v.replace("\\", "\\\\").replace('"', '\\"') for v in values]
-        return '{"' + '","'.join(values) + '"}' if values else "{}"
-    if all(type(v) is int for v in values):
-        return "{" + ",".join(map(str, values)) + "}"
-    return None
 
 
 def _impact_conditions(conn: Connection, events: Iterable[Envelope]) -> list[Any]:

@@ -303,8 +303,8 @@ def test_progress_is_reported_after_each_batch(store: LedgerStore) -> None:
 
 
 def test_lines_read_lazily_land_batch_by_batch_until_the_reader_fails(store: LedgerStore) -> None:
-    """A file read line by line is parsed a batch ahead by a thread: what the reader raises
-    reaches the caller once the batches before it have landed, and nothing after it does."""
+    """A file read line by line: what the reader raises reaches the caller once the batches
+    before it have landed, and the lines of the batch it broke are not journalled."""
     seen: list[int] = []
 
     def reader() -> Iterator[bytes]:

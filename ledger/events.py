@@ -25,6 +25,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Callable, Iterator, Literal, Union
 
+import orjson
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -1023,9 +1024,19 @@ def canonical_json(event: Any) -> str:
     """
     unset = "ingested_at" in type(event).model_fields and event.ingested_at is None
     exclude = {"ingested_at"} if unset else None
-    return json.dumps(
-        event.model_dump(mode="json", exclude=exclude), sort_keys=True, ensure_ascii=False, separators=(",", ":")
-    )
+    return canonical_text(event.model_dump(mode="json", exclude=exclude))
+
+
+def canonical_text(data: Any) -> str:
+    """`json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))`, the
+    canonical form, written by orjson (a third of the time) where it gives the same text:
+    what it cannot write (a lone surrogate, an integer past 64 bits, a key that is not a
+    plain `str`) the standard library writes. Holds for what `model_dump(mode="json")`
+    gives, which has no floats (money is Decimal, dumped as text); a property test pins it."""
+    try:
+        return orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode("utf-8")
+    except orjson.JSONEncodeError:
+        return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def content_hash(event: Any) -> str:

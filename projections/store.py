@@ -1750,11 +1750,43 @@ def _consume(conn: Connection, origins: Iterable[str], fate: str) -> None:
 def among(conn: Connection | Engine, column: Any, values: Sequence[Any]) -> Any:
     """`column IN values` as one bound parameter, however many values: `= ANY(array)` on
     PostgreSQL, `IN (SELECT value FROM json_each(...))` on SQLite. One statement text for
-    every length (an IN list is a new statement to plan per length and per 900 values)."""
+    every length (an IN list is a new statement to plan per length and per 900 values).
+    On PostgreSQL an array of text or of integers is sent as its text form (`_pg_array`),
+    one value psycopg need not dump element by element in Python (2% of a city ingest);
+    the statement and its plan are the same."""
     if conn.dialect.name == "postgresql":
+        written = _pg_array(values)
+        if written is not None:
+            return column == any_(literal(written, _ArrayAsText(column.type)))
         return column == any_(literal(list(values), ARRAY(column.type)))
     listed = func.json_each(literal(json.dumps(list(values)))).table_valued("value")
     return column.in_(select(listed.c.value))
+
+
+class _ArrayAsText(TypeDecorator[Any]):
+    """SQLAlchemy's ARRAY (the same `::type[]` in the statement) for a value given as its text:
+    psycopg sends a `str` untyped, and PostgreSQL reads it as the array the cast names."""
+
+    impl = ARRAY
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> None:
+        return None
+
+
+def _pg_array(values: Sequence[Any]) -> str | None:
+    """PostgreSQL's text form of an array of `values` (`{"a","b\\"c"}`, `{1,2}`), or None
+    unless they are all `str` or all `int`. Every text value is quoted, so none reads as NULL;
+    a backslash or a double quote in one is escaped by a backslash (PostgreSQL "Arrays": Array
+    Value Input)."""
+    if all(type(v) is str for v in values):
+        joined = "".join(values)
+        if "\\" in joined or '"' in joined:
+            values = [v.replace("\\", "\\\\").replace('"', '\\"') for v in values]
+        return '{"' + '","'.join(values) + '"}' if values else "{}"
+    if all(type(v) is int for v in values):
+        return "{" + ",".join(map(str, values)) + "}"
+    return None
 
 
 def _impact_conditions(conn: Connection, events: Iterable[Envelope]) -> list[Any]:

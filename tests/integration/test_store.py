@@ -25,6 +25,7 @@ from projections.store import (
     DATABASE_URL_ENV,
     IngestReport,
     LedgerStore,
+    among,
     index_table,
     journal_env,
 )
@@ -81,6 +82,27 @@ def clearing_completed(event_id: str = "clearing-panzhihua-2020", source: str = 
          "source": source, "payload": {"pool": "panzhihua", "year": 2020, "known_at": "2021-03-01T00:00:00+00:00",
                                        "point_value": "95.123456", "results": []}}
     )
+
+
+AWKWARD_IDS = ['plain', 'NULL', '', 'a,b', '{x}', 'a "quoted" one', 'back\\slash', 'trailing\\', ' spaced ', '中文',
+               '\\"', 'null']
+
+
+def test_among_finds_exactly_the_values_given_whatever_their_characters(database_url: str) -> None:
+    """`column IN values` as one array parameter: text that PostgreSQL's array syntax treats
+    specially (NULL, quotes, backslashes, commas, braces, blanks) is matched as itself."""
+    t = index_table
+    with LedgerStore.open(database_url) as store, store.engine.begin() as conn:
+        conn.execute(t.insert(), [
+            {"seq": i, "event_id": eid, "event_type": "CaseSubmitted", "source": "test", "content_hash": "h",
+             "body": "{}", "recorded_at": NOW, "case_id": eid}
+            for i, eid in enumerate([*AWKWARD_IDS, "other", "NULLS"], start=1)
+        ])
+        for values, expected in ((AWKWARD_IDS, AWKWARD_IDS), (["NULL", "absent"], ["NULL"]), ([], [])):
+            found = conn.execute(select(t.c.event_id).where(among(conn, t.c.event_id, values))).scalars()
+            assert sorted(found) == sorted(expected)
+        seqs = conn.execute(select(t.c.seq).where(among(conn, t.c.seq, [2, 5, 99]))).scalars()
+        assert sorted(seqs) == [2, 5]
 
 
 # --------------------------------------------------------------------------- idempotency
@@ -278,6 +300,25 @@ def test_progress_is_reported_after_each_batch(store: LedgerStore) -> None:
            batch_size=2, on_progress=seen.append)
 
     assert seen == [2, 4, 5]
+
+
+def test_lines_read_lazily_land_batch_by_batch_until_the_reader_fails(store: LedgerStore) -> None:
+    """A file read line by line: what the reader raises reaches the caller once the batches
+    before it have landed, and the lines of the batch it broke are not journalled."""
+    seen: list[int] = []
+
+    def reader() -> Iterator[bytes]:
+        yield from lines(hospital("H001"), case("C1"), case("C2"), case("C3"), case("C4"))
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        store.ingest(reader(), origin="file:lazy.jsonl", now=NOW, batch_size=2, on_progress=seen.append)
+
+    assert seen == [2, 4]
+    assert [r["event_id"] for r in index_rows(store)] == ["reg-panzhihua-H001", "his-H001-C1-r1", "his-H001-C2-r1",
+                                                        "his-H001-C3-r1"]
+    report = store.ingest(iter(lines(case("C4"), case("C5"))), origin="file:lazy.jsonl", now=NOW, batch_size=1)
+    assert (report.accepted, report.duplicates) == (2, 0)
 
 
 _LINES = [

@@ -28,6 +28,7 @@ from ledger.events import (
     BudgetSet,
     InvalidEvent,
     canonical_json,
+    canonical_text,
     content_hash,
     decode_line,
     ingested,
@@ -167,6 +168,47 @@ def test_the_recorded_body_made_from_the_submitted_one_is_the_recorded_events_ca
         assume(False)
         return
     assert ingested_json(ev, canonical_json(ev), now) == canonical_json(ingested(ev, now))
+
+
+def standard_canonical(data: Any) -> str:
+    """The canonical form as the standard library writes it (what `canonical_text` must equal)."""
+    return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+# Any text: every code point, lone surrogates and controls included (the default leaves surrogates out).
+ANY_TEXT = st.text(st.characters(blacklist_categories=()), max_size=12)
+DUMPED = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=-(2**70), max_value=2**70) | ANY_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(ANY_TEXT, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=1000)
+@given(data=DUMPED)
+def test_the_canonical_text_is_the_standard_librarys_sorted_compact_json(data: Any) -> None:
+    """orjson writes it where it can, the standard library the rest: the same text, whatever
+    the keys, escapes, non-ASCII or integers (a dump of `model_dump(mode="json")` has no floats)."""
+    assert canonical_text(data) == standard_canonical(data)
+
+
+def test_the_canonical_text_escapes_controls_keeps_non_ascii_and_sorts_by_code_point() -> None:
+    data = {"\u00e9": "\x00\x1f\x7f\u2028中\U0001F600", "z": [2**63 - 1, -1], "e": None, "\U0001F600": True}
+    assert canonical_text(data) == ('{"e":null,"z":[9223372036854775807,-1],"\u00e9":"\\u0000\\u001f\x7f\u2028中\U0001F600",'
+                                    '"\U0001F600":true}')
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(raw=st.one_of(mutated_lines(), st.sampled_from([*scenario_lines(), *(h.raw for h in STORE_ONLY)])))
+def test_the_canonical_json_of_any_accepted_event_is_its_sorted_model_dump(raw: bytes) -> None:
+    """`canonical_json` is the standard library's sorted compact dump of the event's JSON-mode
+    `model_dump` (as before orjson wrote it): hashes and stored bodies do not change."""
+    try:
+        ev = parse_event(raw)
+    except InvalidEvent:
+        assume(False)
+        return
+    assert canonical_json(ev) == standard_canonical(ev.model_dump(mode="json", exclude={"ingested_at"}))
 
 
 @given(value=st.text(max_size=140))

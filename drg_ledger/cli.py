@@ -103,7 +103,13 @@ def Table(*columns: Any, **options: Any) -> Any:  # noqa: N802 - rich's Table, i
 
 
 def fail(code: int, message: str) -> None:
-    err.print(f"[red]error:[/red] {message}")
+    """The error on stderr and exit `code`: in red on a terminal; plain text otherwise (a
+    script's log), without importing rich, so a lookup that finds nothing costs what the
+    lookup itself costs."""
+    if sys.stderr.isatty():
+        err.print(f"[red]error:[/red] {message}")
+    else:
+        print(f"error: {message}", file=sys.stderr)
     raise typer.Exit(code)
 
 

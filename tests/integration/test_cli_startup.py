@@ -65,7 +65,7 @@ def test_a_lookup_loads_the_store_only(database_url: str, tmp_path: Path, args: 
     LedgerStore.open(database_url).close()  # tables created: the command finds a store with nothing to create
     code, modules = imported(tmp_path, *args, "--database-url", database_url)
     assert code == rc
-    assert loaded(modules, *NEVER, "rich.progress", "rich.table") == []
+    assert loaded(modules, *NEVER, "rich") == []  # the error of a lookup that finds nothing is plain text
     if database_url.startswith("sqlite"):
         assert loaded(modules, "psycopg", "psycopg_pool", "eventsourcing.postgres") == []
     else:

@@ -49,7 +49,7 @@ from typing import IO, Any, Callable
 
 from drg_ledger.policy_files import POLICIES
 from ledger.catalogue import normalise_code
-from ledger.events import parse_event
+from ledger.events import canonical_text, parse_event
 
 ZONE = "+08:00"
 """Every generated timestamp is Beijing time, as the HIS and the bureau write it."""
@@ -266,7 +266,7 @@ def _covers_year(intervals: list[tuple[date, date | None]], year: int) -> bool:
 
 def _dumps(d: dict[str, Any]) -> str:
     """The canonical form `ledger.events.canonical_json` gives a parsed event."""
-    return json.dumps(d, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return canonical_text(d)
 
 
 def _money(cents: int) -> str:

@@ -10,7 +10,6 @@ the draft's.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import date, datetime, timezone
@@ -32,7 +31,7 @@ from ledger.clearing import (
     settle,
     settle_case,
 )
-from ledger.events import ENVELOPES, EventType, Outcome
+from ledger.events import ENVELOPES, EventType, Outcome, canonical_text
 from ledger.explain import UnknownCase, describe, explain
 from projections.chain import digest_at
 
@@ -115,8 +114,7 @@ def record_clearing(store: LedgerStore, result: Clearing) -> tuple[str, bool]:
 
 def _without_digest(payload: Any) -> str:
     """Canonical JSON of a clearing's content without its log digest (what its id derives from)."""
-    data = payload.model_dump(mode="json", exclude={"log_digest"})
-    return json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return canonical_text(payload.model_dump(mode="json", exclude={"log_digest"}))
 
 
 def recorded_digest(store: LedgerStore, event_id: str) -> str | None:

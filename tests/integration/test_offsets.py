@@ -90,7 +90,7 @@ def test_accepted_offsets_are_rebuilt_from_the_journal(database_url: str) -> Non
 def test_entries_journalled_before_origins_existed_still_decode(database_url: str) -> None:
     if not database_url.startswith("sqlite"):
         pytest.skip("one backend is enough: the decoding is the library's")
-    with LedgerStore(database_url, late_window=WIDE) as store:
+    with LedgerStore(database_url, late_window=WIDE):
         env = journal_env(database_url)
     journal = Journal(env=env)
     old = LedgerEntry.recorded(event_id="old-1", event_type="BudgetSet", envelope=json.dumps({}), content_hash="x")

@@ -457,17 +457,13 @@ class CapRows:
                 untils: dict[str, array] = defaultdict(lambda: array("q"))
                 approved: dict[str, list[Row]] = defaultdict(list)
                 where = (t.c.pool == pool, t.c.year == year, t.c.hospital_id.in_(group))
-                if conn.dialect.name == "postgresql":  # the server gives the microseconds (`_us`)
-                    q = select(t.c.hospital_id, _pg_us(t.c.known_from), _pg_us(t.c.known_until)).where(*where)
-                    for h, kf, ku in conn.execute(q):
-                        froms[h].append(kf)
-                        if ku is not None:
-                            untils[h].append(ku)
-                else:
-                    for h, kf, ku in conn.execute(select(t.c.hospital_id, t.c.known_from, t.c.known_until).where(*where)):
-                        froms[h].append(_us(kf))
-                        if ku is not None:
-                            untils[h].append(_us(ku))
+                pg = conn.dialect.name == "postgresql"  # the server gives the microseconds (`_us`)
+                us = int if pg else _us
+                moments = (_pg_us(t.c.known_from), _pg_us(t.c.known_until)) if pg else (t.c.known_from, t.c.known_until)
+                for h, kf, ku in conn.execute(select(t.c.hospital_id, *moments).where(*where)):
+                    froms[h].append(us(kf))
+                    if ku is not None:
+                        untils[h].append(us(ku))
                 for r in conn.execute(select(t).where(*where, t.c.approved_at.is_not(None))):
                     approved[r.hospital_id].append(Row.of(r))
                 for h in group:

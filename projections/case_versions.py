@@ -55,11 +55,11 @@ from sqlalchemy.engine import Connection
 
 from ledger.cases import CASE_EVENTS
 from ledger.clearing import CaseSums, ClearingError, cap_dates, incentive_cap, incentive_over_cap
-from ledger.events import EventType
+from ledger.events import EventType, decode_stored
 from ledger.impact import impact
 from ledger.policy import PolicyMissing
 from ledger.versions import POOL_HISTORY_TYPES, CaseFigures, PoolHistory, case_timeline
-from projections.store import UtcDateTime, _parse_stored, among, bulk_insert, index_table, metadata, tracking_table
+from projections.store import UtcDateTime, among, bulk_insert, index_table, metadata, tracking_table
 
 if TYPE_CHECKING:
     from projections.store import LedgerStore
@@ -186,7 +186,7 @@ class Projector:
         cached = self._histories.get(pool)
         if cached is not None and cached[0] == key:
             return cached[1]
-        events = [_parse_stored(et, b) for et, b in conn.execute(select(t.c.event_type, t.c.body).where(where))]
+        events = [decode_stored(et, b) for et, b in conn.execute(select(t.c.event_type, t.c.body).where(where))]
         found = PoolHistory(pool, events)
         self._histories[pool] = (key, found)  # type: ignore[assignment]
         return found
@@ -694,7 +694,7 @@ def _case_events(
             if event_type in CASE_EVENTS:
                 ev = known.get(seq)
                 if ev is None:
-                    ev = _parse_stored(event_type, body)
+                    ev = decode_stored(event_type, body)
                     earlier.add(case_id)
                 out[case_id].append(ev)
         return out, earlier
@@ -712,7 +712,7 @@ def _case_events(
         for case_id, event_type, body in conn.execute(
             select(t.c.case_id, t.c.event_type, t.c.body).where(among(conn, t.c.seq, unknown))
         ):
-            out[case_id].append(_parse_stored(event_type, body))
+            out[case_id].append(decode_stored(event_type, body))
     return out, earlier
 
 
@@ -761,7 +761,7 @@ def catch_up(store: LedgerStore, projector: Projector) -> int:
             ).all()
             if not rows:
                 return done
-            batch = [(seq, _parse_stored(et, b)) for seq, et, b in rows]
+            batch = [(seq, decode_stored(et, b)) for seq, et, b in rows]
             if not move(conn, at, rows[-1][0]):
                 continue
             projector.apply(conn, batch, store.registered_pools(conn), after=at)
@@ -977,7 +977,7 @@ def pool_events(
             n, latest = conn.execute(select(func.count(), func.max(t.c.ingested_at)).where(*where)).one()
         else:
             n, latest = len(rows), max((r[1] for r in rows if r[1] is not None), default=None)
-    return PoolRead([_parse_stored(et, b) for et, _, b in rows], int(n), latest)
+    return PoolRead([decode_stored(et, b) for et, _, b in rows], int(n), latest)
 
 
 def fresh(store: LedgerStore) -> int:

@@ -5,8 +5,8 @@ The workers start first. The parent then reads the journal page by page and chec
 page's chain links (`chained`); it routes every case event (submission, withdrawal, verdict)
 to one worker as the stored bytes, by its case, each case to the group of its hospital. The
 worker checks the entry's content hash and names (`check_content`, `entry_record`), decodes
-its record and envelope in one pass (`_RECORDS`: pydantic's parsing without the Python
-validators intake ran, `_stored`) and settles its cases with the pool events (`settle`),
+its record and envelope in one pass (`_RECORDS`: the store's `decode_stored`, pydantic's
+parsing without the Python validators intake ran) and settles its cases with the pool events (`settle`),
 then returns its hospitals' sums (`case_sums`); the parent adds the groups' sums and prices
 them (`clearing`). The parent checks and decodes (in full) the other events (registrations,
 policy, budget, prepayments ...) itself and hands every worker their envelopes at the end.
@@ -40,10 +40,10 @@ from typing_extensions import TypedDict
 
 from ledger.cases import CASE_EVENTS
 from ledger.clearing import Basis, CaseSums, Clearing, case_sums, clearing, clearing_from_sums, gc_paused, settle
-from ledger.events import ENVELOPES, EventType
+from ledger.events import ENVELOPES, EventType, decode_stored, unchecked
 from ledger.journal import RECORDED_TOPIC
 from projections.chain import check_content, checked_entries, entry_record, plain_records
-from projections.store import LedgerStore, _parse_stored, _utc
+from projections.store import LedgerStore, _utc
 
 WORKERS_ENV = "DRG_LEDGER_COLD_WORKERS"
 """Processes settling hospital groups (default: the machine's cores, at most 4; 1: no worker)."""
@@ -142,7 +142,7 @@ def _parallel(store: LedgerStore, pool: str, year: int, known_at: datetime, head
 
 def _known(envelopes: list[tuple[str, str]], cut: datetime) -> list[Any]:
     """The checked envelopes (event_type, JSON) decoded, those recorded by `cut`."""
-    events = [_parse_stored(event_type, envelope) for event_type, envelope in envelopes]
+    events = [decode_stored(event_type, envelope) for event_type, envelope in envelopes]
     return [e for e in events if e.recorded_at <= cut]
 
 
@@ -246,31 +246,14 @@ def _send(batches: list[list[tuple[Any, ...]]], pipes: list[Connection]) -> None
             send.send(("cases", batch))
 
 
-def _stored(schema: Any) -> Any:
-    """A core schema without its Python validators (`BeforeValidator`, `AfterValidator`, model
-    validators): pydantic's own parsing of the types and their constraints only. Enough for a
-    stored record, which intake validated in full (EVENTS.md "Limits on input") and whose
-    bytes the chain proves unchanged since: those validators only check their input and pass
-    it on (a decimal's parses the text as pydantic's decimal does), so the decoded event is
-    the same, in less than half the time."""
-    if isinstance(schema, dict):
-        if schema.get("type") in ("function-before", "function-after"):
-            return _stored(schema["schema"])
-        assert schema.get("type") not in ("function-wrap", "function-plain"), schema  # those may change the value
-        return {k: _stored(v) for k, v in schema.items()}
-    if isinstance(schema, list):
-        return [_stored(v) for v in schema]
-    return schema
-
-
 _RECORDS = {
-    t: SchemaValidator(_stored(TypeAdapter(TypedDict(f"{t}Record", {  # type: ignore[operator]
+    t: SchemaValidator(unchecked(TypeAdapter(TypedDict(f"{t}Record", {  # type: ignore[operator]
         "event_id": str, "event_type": str, "envelope": Json[ENVELOPES[t]],  # type: ignore[valid-type]
     })).core_schema))
     for t in CASE_EVENTS
 }
 """The stored record (`LedgerEntry.Recorded`) of each case event type, its envelope decoded in
-the same pass (`_stored`)."""
+the same pass as `ledger.events.decode_stored` decodes it (`unchecked`)."""
 
 
 def _worker(receive: Connection, result: Connection, pool: str, year: int, known_at: datetime, cut: datetime) -> None:

@@ -72,6 +72,7 @@ from ledger.events import (
     EventType,
     InvalidEvent,
     canonical_json,
+    decode_stored,
     ingested,
     ingested_json,
     parse_event,
@@ -773,7 +774,7 @@ class LedgerStore:
             ).all()
         found = []
         for event_id, body in rows:
-            p = _parse_stored(EventType.CLEARING_COMPLETED, body).payload
+            p = decode_stored(EventType.CLEARING_COMPLETED, body).payload
             found.append(Seal(p.pool, p.year, p.known_at, event_id))
         seals = Seals(found)
         self._seals = (self._position, seals)
@@ -838,7 +839,7 @@ class LedgerStore:
                 if unread:
                     rows = conn.execute(select(t.c.event_type, t.c.body).where(among(conn, t.c.seq, unread))).all()
             events = [known[seq] for seq, et in positions if seq in known and et != EventType.PENALTY_IMPOSED]
-            events += [_parse_stored(et, b) for et, b in rows]
+            events += [decode_stored(et, b) for et, b in rows]
             appended = self.derive_penalties(self.verdict_cases_impacted(events)) if events else 0
             new += appended
             with self._engine.begin() as conn:
@@ -930,7 +931,7 @@ class LedgerStore:
                     t.c.event_type.in_((EventType.HOSPITAL_REGISTERED, EventType.POLICY_VERSION_PUBLISHED, EventType.COEFFICIENT_CHANGED)),
                     among(conn, t.c.pool, pools),
                 )).all()
-        return [_parse_stored(et, body) for _, et, body, _ in sorted(rows, key=lambda r: r[0])]
+        return [decode_stored(et, body) for _, et, body, _ in sorted(rows, key=lambda r: r[0])]
 
     def append_system_events(self, events: Sequence[Envelope], *, now: datetime | None = None) -> int:
         """Appends ledger-written events (source `system`); an id already recorded is skipped.
@@ -1059,7 +1060,7 @@ class LedgerStore:
             row = conn.execute(
                 select(index_table.c.event_type, index_table.c.body).where(index_table.c.event_id == event_id)
             ).one()
-        recorded = _parse_stored(row[0], row[1]).model_copy(update={"ingested_at": None})
+        recorded = decode_stored(row[0], row[1]).model_copy(update={"ingested_at": None})
         return submitted_hash == _canonical(recorded)[1]
 
     # ----------------------------------------------------------------------- the index
@@ -1274,7 +1275,7 @@ class LedgerStore:
                 # Each entry is checked against its chain row before it is copied: an entry
                 # altered behind the ledger's back raises BrokenEntry instead (projections/chain.py).
                 batch = [
-                    (nid, _parse_stored(r.event_type, r.envelope), r.envelope, r.content_hash, r.origin)
+                    (nid, decode_stored(r.event_type, r.envelope), r.envelope, r.content_hash, r.origin)
                     for nid, r in self.checked_read(position, _PAGE)
                 ]
                 if not batch:
@@ -1411,7 +1412,7 @@ class LedgerStore:
                 # The case-id semi-join of a city year (~300k ids) needs more than the default
                 # 4 MB to hash; below that PostgreSQL rescans the list per row (benchmarks/README.md).
                 conn.execute(text("SET LOCAL work_mem = '64MB'"))
-            return [_parse_stored(event_type, body) for event_type, body in conn.execute(query)]
+            return [decode_stored(event_type, body) for event_type, body in conn.execute(query)]
 
     def replay(self, known_at: datetime | None = None, until: int | None = None) -> Iterator[Envelope]:
         """Every event from the journal's notification log, in recording order (cold path:
@@ -1419,7 +1420,7 @@ class LedgerStore:
         journal position."""
         cut = _utc(known_at) if known_at is not None else None
         for _, event_type, envelope in self.replay_envelopes(until):
-            ev = _parse_stored(event_type, envelope)
+            ev = decode_stored(event_type, envelope)
             if cut is None or ev.recorded_at <= cut:
                 yield ev
 
@@ -1443,7 +1444,7 @@ class LedgerStore:
         t = index_table
         with self._engine.connect() as conn:
             row = conn.execute(select(t.c.event_type, t.c.body).where(t.c.event_id == event_id)).first()
-        return None if row is None else _parse_stored(row[0], row[1])
+        return None if row is None else decode_stored(row[0], row[1])
 
     def hospitals(self) -> dict[str, Any]:
         """hospital_id -> its HospitalRegistered payload (the last recorded wins)."""
@@ -1452,7 +1453,7 @@ class LedgerStore:
             rows = conn.execute(
                 select(t.c.event_type, t.c.body).where(t.c.event_type == EventType.HOSPITAL_REGISTERED).order_by(t.c.seq)
             )
-            payloads = [_parse_stored(et, body).payload for et, body in rows]
+            payloads = [decode_stored(et, body).payload for et, body in rows]
         return {p.hospital_id: p for p in payloads}
 
     def dead_letters(
@@ -1869,10 +1870,6 @@ def _parse_inbound(data: bytes) -> Envelope:
             "event_type", f"{ev.event_type} is written by the ledger, refused from {ev.source}", ev.event_id
         )
     return ev
-
-
-def _parse_stored(event_type: str, body: str) -> Envelope:
-    return ENVELOPES[event_type].model_validate_json(body)
 
 
 def _index_row(seq: int, ev: Envelope, body: str, submitted_hash: str, pools: dict[str, str]) -> dict[str, Any]:

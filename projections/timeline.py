@@ -18,7 +18,7 @@ from sqlalchemy import distinct, func, select
 
 from ledger.catalogue import Catalogue
 from ledger.clearing import Balance, ClearingError, settle
-from ledger.events import ENVELOPES, Component, EventType
+from ledger.events import Component, EventType, decode_stored
 from ledger.policy import InForce, PolicyBook, PolicyMissing, latest_covering
 from projections.queries import NotFound, hospital_pool, now, projected_balances
 from projections.store import index_table
@@ -69,16 +69,12 @@ def balance_series(store: LedgerStore, hospital_id: str, year: int, known_at: da
             for day, b in zip(month_ends(year), found, strict=True)]
 
 
-def _parse(event_type: str, body: str) -> Any:
-    return ENVELOPES[event_type].model_validate_json(body)
-
-
 def _pool_events(store: LedgerStore, pool: str, event_types: tuple[str, ...]) -> list[Any]:
     """The pool-level events of `pool` of these types, in recording order (no case lookup)."""
     t = index_table
     query = select(t.c.event_type, t.c.body).where(t.c.pool == pool, t.c.event_type.in_(event_types)).order_by(t.c.seq)
     with store.engine.connect() as conn:
-        return [_parse(et, body) for et, body in conn.execute(query)]
+        return [decode_stored(et, body) for et, body in conn.execute(query)]
 
 
 def _overlaps(effective_from: date, effective_to: date | None, year: int) -> bool:

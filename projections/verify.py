@@ -33,14 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import inspect, select, text
 
-from ledger.events import MAX_LINE_BYTES, EventType
+from ledger.events import ENVELOPES, MAX_LINE_BYTES, EventType
 from ledger.journal import LedgerEntry, entry_id
 from projections.chain import GENESIS, chain_table_name, content_hash, digest_at, link, read_chain, stored_event_id
 from projections.store import (
     _INDEX,
     _PENALTIES,
     _index_row,
-    _parse_stored,
     dead_letters_table,
     hospital_pools_table,
     index_table,
@@ -52,6 +51,14 @@ if TYPE_CHECKING:
 
 PAGE = 5_000
 MAX_FINDINGS = 50
+
+
+def _full_parse(event_type: str, body: str) -> Any:
+    """A journalled envelope parsed with every validator of `ledger.events`, not the store's
+    `decode_stored`: verify is the independent check, so an entry the validators of this
+    code would refuse (written behind the ledger's back, or before a rule was tightened) is
+    reported here, while the store's reads, which trust the chain-checked bytes, decode it."""
+    return ENVELOPES[event_type].model_validate_json(body)
 
 
 class BadDigest(ValueError):
@@ -217,7 +224,7 @@ def _walk(
             try:
                 recorded = journal.mapper.to_domain_event(n)
                 assert isinstance(recorded, LedgerEntry.Recorded)
-                ev = _parse_stored(recorded.event_type, recorded.envelope)
+                ev = _full_parse(recorded.event_type, recorded.envelope)
             except Exception as exc:  # noqa: BLE001 - a tampered entry may not decode at all
                 out.add("journal", n.id, eid, f"entry does not decode: {type(exc).__name__}: {str(exc)[:160]}")
                 index_rows.pop(n.id, None)

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from ledger.events import Component, canonical_json
+from ledger.events import ENVELOPES, Component, canonical_json, decode_stored
 from projections import cold
 from projections.chain import checked_entries, entry_record
 from projections.queries import clear_pool
-from projections.store import LedgerStore, _parse_stored, _utc
+from projections.store import LedgerStore, _utc
 from tests import factories as f
 
 MOMENTS = [datetime.fromisoformat(t) for t in ("2020-08-01T00:00:00+08:00", "2021-05-12T00:00:00+08:00")]
@@ -127,7 +127,8 @@ def test_a_worker_refuses_an_entry_sent_as_another_case(database_url: str) -> No
 
 def test_the_stored_decoding_gives_the_validated_event(database_url: str) -> None:
     """A case entry's record decoded without the Python validators (`cold._RECORDS`) equals
-    the envelope validated in full, field by field and as canonical JSON."""
+    the envelope validated in full, and the store's `decode_stored` of it, field by field and
+    as canonical JSON."""
     ingest(database_url, [*city(), f.withdrawal("H002-C3", hospital_id="H002", reason="重复提交 \"x\"")])
     with LedgerStore.open(database_url) as store:
         pages = checked_entries(store.journal, store.engine, 0, 10_000)
@@ -135,8 +136,9 @@ def test_the_stored_decoding_gives_the_validated_event(database_url: str) -> Non
     for entry, row in pages:
         record = entry_record(*entry, row.event_id)
         if record["event_type"] in cold.CASE_EVENTS:
-            full = _parse_stored(record["event_type"], record["envelope"])
+            full = ENVELOPES[record["event_type"]].model_validate_json(record["envelope"])
             stored = entry_record(*entry, row.event_id, cold._RECORDS[record["event_type"]].validate_json)
             assert stored["envelope"] == full and canonical_json(stored["envelope"]) == canonical_json(full)
+            assert decode_stored(record["event_type"], record["envelope"]) == full
             seen.add(record["event_type"])
     assert seen == cold.CASE_EVENTS

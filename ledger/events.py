@@ -174,8 +174,12 @@ def _places_at_most(places: int) -> Callable[[Decimal], Decimal]:
     """A check that a Decimal has at most `places` decimal places, trailing zeros not counted.
 
     Done here rather than by pydantic's `decimal_places` (the same rule, several times slower);
-    never `normalize()`, which rounds to the context's 28 digits.
+    never `normalize()`, which rounds to the context's 28 digits. The value passes on, or an
+    equal one whose text has no exponent: a JSON number `1e2` is `Decimal('1E+2')` and
+    `0.0000000` is `Decimal('0E-7')`, which canonical JSON would store as `"1E+2"` and
+    `"0E-7"`, decimal strings this check refuses, so the stored body would not read back.
     """
+    unit = Decimal(1).scaleb(-places)
 
     def check(value: Decimal) -> Decimal:
         _, digits, exponent = value.as_tuple()
@@ -188,9 +192,16 @@ def _places_at_most(places: int) -> Callable[[Decimal], Decimal]:
                 zeros += 1
             if exponent + zeros < -places:
                 raise ValueError(f"Decimal input should have no more than {places} decimal places")
+            if exponent < -6 and not any(digits):  # a zero (any other value within places is written plainly)
+                return value.quantize(unit)
+        elif exponent > 0:  # within the field's bounds: fewer than 28 digits, exact
+            return value.quantize(_ONE)
         return value
 
     return check
+
+
+_ONE = Decimal(1)
 
 
 def _num(x: Decimal) -> int | float:

@@ -141,3 +141,26 @@ def test_a_body_that_is_not_a_stored_event_is_still_refused(body: str) -> None:
     """Types and their constraints stay: broken JSON, a missing field, an unknown one."""
     with pytest.raises(ValidationError):
         decode_stored("CaseWithdrawn", body)
+
+
+@pytest.mark.parametrize(("number", "stored"), [
+    ("1e2", "100"), ("1E+2", "100"), ("0e5", "0"), ("1.5e3", "1500"), ("2.50E1", "25.0"), ("12345678e0", "12345678"),
+])
+def test_a_json_number_with_an_exponent_is_stored_without_it_and_reads_back(number: str, stored: str) -> None:
+    """`1e2` decodes as `Decimal('1E+2')`, whose text "1E+2" a decimal field refuses: intake
+    passes on the equal plain value, so the stored body reads back under the full parse too."""
+    ev = parse_event(json.dumps(case("C1")).replace('"21422.50"', number))
+    assert ev.payload.total_cost == Decimal(number)
+    body = stored_body(ev)
+    assert f'"total_cost":"{stored}"' in body
+    assert_decoded_alike(body, EventType.CASE_SUBMITTED)
+
+
+def test_a_zero_of_seven_places_is_stored_without_an_exponent() -> None:
+    """`Decimal('0.0000000')` is written "0E-7"; a point value of 6 places keeps it as 0.000000."""
+    ev = a_clearing()
+    payload = type(ev.payload).model_validate({**ev.payload.model_dump(), "point_value": Decimal("0.0000000")})
+    ev = ev.model_copy(update={"payload": payload})
+    body = stored_body(ev)
+    assert '"point_value":"0.000000"' in body
+    assert_decoded_alike(body, EventType.CLEARING_COMPLETED)

@@ -5,11 +5,12 @@ The workers start first. The parent then reads the journal page by page and chec
 page's chain links (`chained`); it routes every case event (submission, withdrawal, verdict)
 to one worker as the stored bytes, by its case, each case to the group of its hospital. The
 worker checks the entry's content hash and names (`check_content`, `entry_record`), decodes
-its record and envelope in one pass (`_RECORDS`: the store's `decode_stored`, pydantic's
-parsing without the Python validators intake ran) and settles its cases with the pool events (`settle`),
-then returns its hospitals' sums (`case_sums`); the parent adds the groups' sums and prices
-them (`clearing`). The parent checks and decodes (in full) the other events (registrations,
-policy, budget, prepayments ...) itself and hands every worker their envelopes at the end.
+its record and envelope in one pass (`_RECORDS`, the envelope as `decode_stored` decodes it:
+pydantic's parsing without the Python validators intake ran) and settles its cases with the
+pool events (`settle`), then returns its hospitals' sums (`case_sums`); the parent adds the
+groups' sums and prices them (`clearing`). The parent checks and decodes (`decode_stored`)
+the other events (registrations, policy, budget, prepayments ...) itself and hands every
+worker their envelopes at the end.
 So every entry is checked against the chain as in the single-process replay, once, and no
 decoded event crosses a process.
 

@@ -1028,33 +1028,51 @@ def parse_event(raw: bytes | str | dict[str, Any]) -> Any:
         raise InvalidEvent("", f"could not be parsed ({type(exc).__name__})", event_id) from None
 
 
-def unchecked(schema: Any) -> Any:
-    """A core schema without its Python validators (`BeforeValidator`, `AfterValidator`,
-    field and model validators): pydantic's own parsing of the types and their constraints
-    only. Sound for bytes this module validated in full and wrote as canonical JSON: those
-    validators only check their input and pass it on (a decimal's parses the text as
-    pydantic's decimal does; `PolicyVersionPublished._typed_body` only picks the body's type,
-    which the body union picks alike: each body has a required field no other has, and an
-    unknown field is an error), so the decoded event is the same, in less than half the time."""
+def _unchecked(schema: Any, models: set[type]) -> Any:
+    """`schema` without its Python validators; collects the model classes it names."""
     if isinstance(schema, dict):
         kind = schema.get("type")
         if kind in ("function-before", "function-after"):
-            inner = unchecked(schema["schema"])
+            inner = _unchecked(schema["schema"], models)
             if "ref" in schema and "ref" not in inner:
                 inner = {**inner, "ref": schema["ref"]}  # a definition-ref may name the wrapper
             return inner
         assert kind not in ("function-wrap", "function-plain"), schema  # those may change the value
-        return {k: unchecked(v) for k, v in schema.items()}
+        if kind == "model":
+            models.add(schema["cls"])
+        return {k: _unchecked(v, models) for k, v in schema.items()}
     if isinstance(schema, list):
-        return [unchecked(v) for v in schema]
+        return [_unchecked(v, models) for v in schema]
     return schema
 
 
-def stored_schema(event_type: str) -> Any:
-    """The core schema `decode_stored` decodes an `event_type` envelope with (`unchecked`)."""
-    model = ENVELOPES[event_type]
-    model.model_rebuild()  # defer_build: built on first use
-    return unchecked(model.__pydantic_core_schema__)
+_BUILDING = threading.Lock()
+
+
+def unchecked_validator(schema: Any) -> SchemaValidator:
+    """A validator of a core schema without its Python validators (`BeforeValidator`,
+    `AfterValidator`, field and model validators): pydantic's own parsing of the types and
+    their constraints only. Sound for bytes this module validated in full and wrote as
+    canonical JSON: those validators only check their input and pass it on (a decimal's
+    parses the text as pydantic's decimal does; `PolicyVersionPublished._typed_body` only
+    picks the body's type, which the body union picks alike: each body has a required field
+    no other has, and an unknown field is an error), so the decoded event is the same, in
+    about half the time.
+
+    pydantic-core builds a model whose class is already built with that class's own (full)
+    validator, not the schema given ("prebuilt"): the classes are marked unbuilt while this
+    one is made (one build at a time), so it is made from the stripped schema alone."""
+    models: set[type] = set()
+    stripped = _unchecked(schema, models)
+    with _BUILDING:
+        built = [m for m in models if m.__dict__.get("__pydantic_complete__")]
+        try:
+            for m in built:
+                m.__pydantic_complete__ = False  # type: ignore[attr-defined]
+            return SchemaValidator(stripped)
+        finally:
+            for m in built:
+                m.__pydantic_complete__ = True  # type: ignore[attr-defined]
 
 
 _STORED: dict[str, Callable[[str | bytes], Any]] = {}
@@ -1062,7 +1080,7 @@ _STORED: dict[str, Callable[[str | bytes], Any]] = {}
 
 def decode_stored(event_type: str, body: str | bytes) -> Any:
     """An envelope the ledger stored (its canonical JSON, `canonical_json`), decoded without
-    the Python validators intake already ran on it (`unchecked`): equal to
+    the Python validators intake already ran on it (`unchecked_validator`): equal to
     ``ENVELOPES[event_type].model_validate_json(body)`` for every body the ledger writes
     (a property test pins it). For trusted bytes only: the store's reads and the replays of
     chain-checked entries. An inbound line is parsed with `parse_event`; `verify` re-reads
@@ -1070,7 +1088,9 @@ def decode_stored(event_type: str, body: str | bytes) -> Any:
     reported there."""
     decode = _STORED.get(event_type)
     if decode is None:
-        decode = _STORED[event_type] = SchemaValidator(stored_schema(event_type)).validate_json
+        model = ENVELOPES[event_type]
+        model.model_rebuild()  # defer_build: built on first use
+        decode = _STORED[event_type] = unchecked_validator(model.__pydantic_core_schema__).validate_json
     return decode(body)
 
 

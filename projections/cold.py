@@ -36,12 +36,11 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from pydantic import Json, TypeAdapter
-from pydantic_core import SchemaValidator
 from typing_extensions import TypedDict
 
 from ledger.cases import CASE_EVENTS
 from ledger.clearing import Basis, CaseSums, Clearing, case_sums, clearing, clearing_from_sums, gc_paused, settle
-from ledger.events import ENVELOPES, EventType, decode_stored, unchecked
+from ledger.events import ENVELOPES, EventType, decode_stored, unchecked_validator
 from ledger.journal import RECORDED_TOPIC
 from projections.chain import check_content, checked_entries, entry_record, plain_records
 from projections.store import LedgerStore, _utc
@@ -248,13 +247,13 @@ def _send(batches: list[list[tuple[Any, ...]]], pipes: list[Connection]) -> None
 
 
 _RECORDS = {
-    t: SchemaValidator(unchecked(TypeAdapter(TypedDict(f"{t}Record", {  # type: ignore[operator]
+    t: unchecked_validator(TypeAdapter(TypedDict(f"{t}Record", {  # type: ignore[operator]
         "event_id": str, "event_type": str, "envelope": Json[ENVELOPES[t]],  # type: ignore[valid-type]
-    })).core_schema))
+    })).core_schema)
     for t in CASE_EVENTS
 }
 """The stored record (`LedgerEntry.Recorded`) of each case event type, its envelope decoded in
-the same pass as `ledger.events.decode_stored` decodes it (`unchecked`)."""
+the same pass as `ledger.events.decode_stored` decodes it (`unchecked_validator`)."""
 
 
 def _worker(receive: Connection, result: Connection, pool: str, year: int, known_at: datetime, cut: datetime) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from decimal import Decimal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,9 +22,11 @@ from typer.testing import CliRunner
 
 from drg_ledger.cli import app
 from drg_ledger.policy_files import POLICIES
+from ledger.events import parse_event
 from projections.chain import GENESIS, BrokenEntry, content_hash, link
 from projections.store import LedgerStore, sqlite_path
 from tests import factories as f
+from tests.factories import lines
 from tests.conftest import _libpq
 
 runner = CliRunner()
@@ -161,6 +164,22 @@ def test_an_entry_altered_behind_the_ledgers_back_is_named_and_never_copied(load
     assert data(run(loaded, "clear", "--pool", "panzhihua", "--year", "2020"))["point_value"] == before["point_value"]
     with LedgerStore(loaded) as store, pytest.raises(BrokenEntry, match="his-H001-C1-r1"):
         store.rebuild_index()
+
+
+def test_an_entry_the_validators_now_refuse_is_read_by_the_store_and_named_by_verify(loaded: str) -> None:
+    """The store's reads decode stored bodies without the Python validators (`decode_stored`);
+    `verify` parses every entry in full. So a chained entry the validators refuse (here a
+    decimal written "1E+2", as intake wrote a JSON number 1e2 before it wrote decimals
+    plainly) is read as the ledger recorded it, and named by verify, never passed silently."""
+    ev = parse_event(lines(f.penalty("C2", deducted_points="100", source="system"))[0])
+    ev = ev.model_copy(update={"payload": ev.payload.model_copy(update={"deducted_points": Decimal("1E+2")})})
+    with LedgerStore(loaded) as store:
+        assert store.append_system_events([ev]) == 1
+        assert store.event(ev.event_id).payload.deducted_points == Decimal(100)
+    report = _findings(_verify(loaded))
+    named = [x for x in report["findings"] if x["event_id"] == ev.event_id and x["check"] == "journal"]
+    assert len(named) == 1 and "entry does not decode" in named[0]["detail"], report["findings"]
+    assert "payload.deducted_points" in named[0]["detail"]
 
 
 def test_a_deleted_entry_is_named(loaded: str) -> None:

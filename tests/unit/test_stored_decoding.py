@@ -16,8 +16,18 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from ledger.clearing import clearing, settle
-from ledger.events import ENVELOPES, EventType, InvalidEvent, canonical_json, decode_stored, ingested_json, parse_event
-from tests.factories import budget, case, envelope, hospital, policy, prepayment, verdict, withdrawal
+from ledger.events import (
+    ENVELOPES,
+    PAYLOADS,
+    EventType,
+    InvalidEvent,
+    canonical_json,
+    decode_stored,
+    ingested_json,
+    parse_event,
+    unchecked_validator,
+)
+from tests.factories import budget, case, envelope, hospital, lines, penalty, policy, prepayment, verdict, withdrawal
 from tests.hostile import STORE_ONLY, VALID_ENVELOPES, mutated_lines, scenario_lines
 
 NOW = datetime(2021, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)
@@ -164,3 +174,18 @@ def test_a_zero_of_seven_places_is_stored_without_an_exponent() -> None:
     body = stored_body(ev)
     assert '"point_value":"0.000000"' in body
     assert_decoded_alike(body, EventType.CLEARING_COMPLETED)
+
+
+def test_the_stored_decoding_skips_the_validators_of_a_model_class_already_built() -> None:
+    """pydantic-core builds a nested model whose class is built with that class's own (full)
+    validator ("prebuilt"): the stored decoder is made from the stripped schema all the same.
+    A decimal stored as "4E+1" (before intake wrote decimals plainly) tells them apart."""
+    body = stored_body(parse_event(lines(penalty("C1"))[0])).replace('"deducted_points":"40"', '"deducted_points":"4E+1"')
+    PAYLOADS[EventType.PENALTY_IMPOSED].model_validate(json.loads(body)["payload"] | {"deducted_points": "40"})
+    assert PAYLOADS[EventType.PENALTY_IMPOSED].__pydantic_complete__
+    with pytest.raises(ValidationError, match="no exponent"):
+        ENVELOPES[EventType.PENALTY_IMPOSED].model_validate_json(body)
+    model = ENVELOPES[EventType.PENALTY_IMPOSED]
+    decode = unchecked_validator(model.__pydantic_core_schema__).validate_json
+    assert decode(body).payload.deducted_points == Decimal(40)
+    assert model.__pydantic_complete__ and PAYLOADS[EventType.PENALTY_IMPOSED].__pydantic_complete__

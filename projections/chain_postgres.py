@@ -11,8 +11,8 @@ from eventsourcing.persistence import InterfaceError, OperationalError, StoredEv
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import retry
 from psycopg.rows import tuple_row
-from psycopg.types.string import ByteaBinaryLoader
 from psycopg.sql import SQL, Composed, Identifier, Literal
+from psycopg.types.string import ByteaBinaryLoader
 
 from projections.chain import CHAIN_SUFFIX, GENESIS, REFUSED, ChainRow, Entry, chain_rows
 

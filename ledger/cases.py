@@ -23,6 +23,8 @@ from ledger.events import (
 CASE_EVENTS = frozenset({EventType.CASE_SUBMITTED, EventType.CASE_WITHDRAWN, EventType.REVIEW_VERDICT_RECORDED})
 """The events a case's state is folded from (`case_states`); a PenaltyImposed is recomputed
 from its verdict (RULES.md 4)."""
+CASE_PAYLOADS = (CaseSubmitted, CaseWithdrawn, ReviewVerdictRecorded)
+"""The payloads of `CASE_EVENTS`, for `isinstance`."""
 
 
 def _later(a: Any, b: Any | None) -> bool:

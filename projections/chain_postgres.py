@@ -12,6 +12,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.utils import retry
 from psycopg.rows import tuple_row
 from psycopg.sql import SQL, Composed, Identifier, Literal
+from psycopg.types.string import ByteaBinaryLoader
 
 from projections.chain import CHAIN_SUFFIX, GENESIS, REFUSED, ChainRow, Entry, chain_rows
 
@@ -120,10 +121,12 @@ class ChainedPostgresRecorder(PostgresApplicationRecorder):
 
     def select_entries(self, after: int, limit: int) -> list[Entry]:
         """Up to `limit` entries after position `after`, in order, as plain tuples (`Entry`),
-        read in binary (no hex text of each state to decode)."""
+        read in binary (no hex text of each state to decode), each originator id as its 16 bytes
+        made hex (no `UUID` object built and thrown away: a third of the read's CPU)."""
         with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row, binary=True) as curs:
+            curs.adapters.register_loader("uuid", ByteaBinaryLoader)
             curs.execute(self.select_entries_statement, (after, limit), prepare=True)
-            return [(nid, oid.hex, topic, state) for nid, oid, topic, state in curs.fetchall()]
+            return [(nid, oid.hex(), topic, state) for nid, oid, topic, state in curs.fetchall()]
 
     def select_chain(self, first: int, last: int) -> tuple[str, list[ChainRow]]:
         """The chain hash before position `first` (GENESIS when none) and the chain rows of

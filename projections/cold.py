@@ -190,10 +190,12 @@ def _route(store: LedgerStore, head: int, pipes: list[Connection]) -> list[tuple
         if not page:
             break
         after = page[-1][0][0]
-        hinted = [(entry, row, *_hints(entry[3])) for entry, row in page if entry[0] <= head]
-        _deal(hospital_group, loads, Counter(h for *_, t, _, h in hinted if t == submitted and h))
-        batches: list[list[tuple[Any, ...]]] = [[] for _ in pipes]
-        for (position, originator_id, topic, state), row, event_type, cid, hid in hinted:
+        cases: list[tuple[Any, ...]] = []  # the page's case entries, as they are sent
+        submissions: Counter[str] = Counter()
+        for (position, originator_id, topic, state), row in page:
+            if position > head:
+                break
+            event_type, cid, hid = _hints(state)
             if event_type not in case_events:
                 check_content(position, topic, state, row.content_hash)
                 record = entry_record(position, originator_id, topic, state, row.event_id)
@@ -205,7 +207,13 @@ def _route(store: LedgerStore, head: int, pipes: list[Connection]) -> list[tuple
                 raise _Split(f"journal position {position}: no case id read")
             if topic == RECORDED_TOPIC:
                 topic = RECORDED_TOPIC  # one object a batch, pickled once
-            sent = (position, originator_id, topic, state, row.event_id, row.content_hash, event_type, cid, hid)
+            if event_type == submitted and hid:
+                submissions[hid] += 1
+            cases.append((position, originator_id, topic, state, row.event_id, row.content_hash, event_type, cid, hid))
+        _deal(hospital_group, loads, submissions)
+        batches: list[list[tuple[Any, ...]]] = [[] for _ in pipes]
+        for sent in cases:
+            position, event_type, cid, hid = sent[0], sent[6], sent[7], sent[8]
             if event_type == submitted:
                 if hid is None:
                     raise _Split(f"journal position {position}: no hospital id read")

@@ -11,10 +11,11 @@ import pytest
 
 from ledger.events import ENVELOPES, Component, canonical_json, decode_stored
 from projections import cold
-from projections.chain import checked_entries, entry_record
+from projections.chain import BrokenEntry, checked_entries, entry_record
 from projections.queries import clear_pool
 from projections.store import LedgerStore, _utc
 from tests import factories as f
+from tests.integration.test_trust import _names, owner
 
 MOMENTS = [datetime.fromisoformat(t) for t in ("2020-08-01T00:00:00+08:00", "2021-05-12T00:00:00+08:00")]
 
@@ -142,3 +143,57 @@ def test_the_stored_decoding_gives_the_validated_event(database_url: str) -> Non
             assert decode_stored(record["event_type"], record["envelope"]) == full
             seen.add(record["event_type"])
     assert seen == cold.CASE_EVENTS
+
+
+def _journalled(url: str) -> list[tuple[int, str, str]]:
+    """(position, event_id, event_type) of every journal entry, in order."""
+    with LedgerStore.open(url) as store:
+        return [(entry[0], row.event_id, entry_record(*entry, row.event_id)["event_type"])
+                for entry, row in checked_entries(store.journal, store.engine, 0, 10_000)]
+
+
+@pytest.mark.parametrize("kind", ["CaseSubmitted", "BudgetSet"])
+def test_an_altered_entry_in_the_middle_of_a_page_is_named_by_its_position(
+        database_url: str, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """A case entry (checked by a worker) or a pool entry (by the parent), altered behind the
+    ledger's back in the middle of a page: the cold replay refuses it, naming its position."""
+    ingest(database_url, city())
+    monkeypatch.setattr(cold, "_PAGE", 7)
+    entries = _journalled(database_url)
+    position, event_id, _ = [e for e in entries if e[2] == kind][len([e for e in entries if e[2] == kind]) // 2]
+    assert position % 7 not in (0, 1)  # neither a page's first entry nor its last
+    events, _, column = _names(database_url)
+    with owner(database_url) as conn:
+        (state,) = conn.execute(f"SELECT state FROM {events} WHERE {column} = {position}").fetchone()
+        altered = bytes(state).replace(b'\\"event_type\\"', b'\\"event_type\\" ', 1)
+        assert altered != bytes(state)
+        mark = "?" if database_url.startswith("sqlite") else "%s"
+        conn.execute(f"UPDATE {events} SET state = {mark} WHERE {column} = {mark}", (altered, position))
+    t = MOMENTS[1]
+    with LedgerStore.open(database_url) as store:
+        with pytest.raises(cold._Split):
+            cold._parallel(store, "panzhihua", 2020, t, store.journal.head(), 2)
+        with pytest.raises(BrokenEntry, match="content differs") as broken:
+            cold.cold_clearing(store, "panzhihua", 2020, t, processes=2)
+    assert (broken.value.position, broken.value.event_id) == (position, event_id)
+
+
+@pytest.mark.parametrize("where", ["middle", "first"])
+def test_a_broken_chain_link_is_named_by_its_position(database_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                      where: str) -> None:
+    """A chain row rewritten in the middle of a page, or as a page's first (its link read from
+    the page before): the cold replay refuses the entry, naming its position."""
+    ingest(database_url, city())
+    monkeypatch.setattr(cold, "_PAGE", 7)
+    entries = _journalled(database_url)
+    position, event_id, _ = next(e for e in entries[len(entries) // 2:] if (e[0] % 7 == 1 if where == "first" else e[0] % 7 not in (0, 1)))
+    _, chain, _ = _names(database_url)
+    with owner(database_url) as conn:
+        conn.execute(f"UPDATE {chain} SET chain_hash = '{'f' * 64}' WHERE position = {position}")
+    t = MOMENTS[1]
+    with LedgerStore.open(database_url) as store:
+        with pytest.raises(cold._Split):
+            cold._parallel(store, "panzhihua", 2020, t, store.journal.head(), 2)
+        with pytest.raises(BrokenEntry, match="chain hash does not follow") as broken:
+            cold.cold_clearing(store, "panzhihua", 2020, t, processes=2)
+    assert (broken.value.position, broken.value.event_id) == (position, event_id)

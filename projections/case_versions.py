@@ -44,6 +44,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    case,
     cast,
     delete,
     func,
@@ -964,20 +965,19 @@ def pool_events(
     history, and the year's budget, prepayments and recorded clearings.
 
     With `hospital_id`, only that hospital's prepayments are parsed (a balance or an
-    explanation reads no other's, RULES.md 6): the others are counted, not read."""
+    explanation reads no other's, RULES.md 6): the others are counted, their bodies not read."""
     t = index_table
     history_types = [*POOL_HISTORY_TYPES]
     money_types = [EventType.BUDGET_SET, EventType.PREPAYMENT_MADE, EventType.CLEARING_COMPLETED]
     where = [t.c.pool == pool, t.c.recorded_at <= known_at,
              or_(t.c.event_type.in_(history_types), and_(t.c.event_type.in_(money_types), t.c.year == year))]
-    mine = [] if hospital_id is None else [or_(t.c.event_type != EventType.PREPAYMENT_MADE, t.c.hospital_id == hospital_id)]
+    body = t.c.body if hospital_id is None else case(
+        (or_(t.c.event_type != EventType.PREPAYMENT_MADE, t.c.hospital_id == hospital_id), t.c.body), else_=None
+    )
     with store.engine.connect() as conn:
-        rows = conn.execute(select(t.c.event_type, t.c.ingested_at, t.c.body).where(*where, *mine).order_by(t.c.seq)).all()
-        if mine:
-            n, latest = conn.execute(select(func.count(), func.max(t.c.ingested_at)).where(*where)).one()
-        else:
-            n, latest = len(rows), max((r[1] for r in rows if r[1] is not None), default=None)
-    return PoolRead([decode_stored(et, b) for et, _, b in rows], int(n), latest)
+        rows = conn.execute(select(t.c.event_type, t.c.ingested_at, body).where(*where).order_by(t.c.seq)).all()
+    latest = max((r[1] for r in rows if r[1] is not None), default=None)
+    return PoolRead([decode_stored(et, b) for et, _, b in rows if b is not None], len(rows), latest)
 
 
 def fresh(store: LedgerStore) -> int:
